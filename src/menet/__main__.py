@@ -1,0 +1,5 @@
+import sys
+
+from menet.cli import main
+
+sys.exit(main())

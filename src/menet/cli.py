@@ -1,0 +1,63 @@
+"""The ``menet`` command: parse arguments, seed, call the library, print results."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from menet import __version__
+from menet.data import DatasetError
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from menet.demo import format_summary, run_demo
+
+    torch.manual_seed(args.seed)
+    rows, stats = run_demo(
+        args.out,
+        data_dir=args.data_dir,
+        n_images=args.images,
+        seed=args.seed,
+        progress=lambda items, desc: tqdm(items, desc=desc, disable=args.quiet),
+    )
+    print(format_summary(rows, stats, "fashion-mnist", args.images))
+    out = Path(args.out)
+    print(f"wrote {out / 'reconstructions.png'}, {out / 'approx_rank.png'}, {out / 'summary.md'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="menet", description="ME-Net: matrix-estimation defense")
+    parser.add_argument("--version", action="version", version=f"menet {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log library messages")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="ME reconstructions and image ranks on Fashion-MNIST")
+    demo.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
+    demo.add_argument("--data-dir", default=None, help="directory of the IDX files "
+                      "(default: $MENET_DATA_DIR, else /usr/share/datasets/fashion-mnist)")
+    demo.add_argument("--images", type=int, default=256, help="test images in the error table")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (DatasetError, ValueError, TypeError) as err:
+        print(f"menet {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

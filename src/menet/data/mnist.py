@@ -1,0 +1,89 @@
+"""MNIST and Fashion-MNIST from their official IDX files (gz or raw).
+
+Files are verified against the published checksums (``menet.data.checksums``): the MD5 of the
+official .gz file, or the SHA-256 of the decompressed content where a redistribution
+recompressed the files (Debian's Fashion-MNIST package).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from menet.data.checksums import verify_content
+from menet.data.errors import DatasetError
+from menet.data.idx import parse_idx, read_bytes
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+DATA_DIR_ENV = "MENET_DATA_DIR"
+SPLITS = {"train": "train", "test": "t10k"}
+SOURCES = {
+    "mnist": "http://yann.lecun.com/exdb/mnist/ (or a mirror)",
+    "fashion-mnist": (
+        "https://github.com/zalandoresearch/fashion-mnist, or the Debian package "
+        "dataset-fashion-mnist (apt-get install dataset-fashion-mnist)"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Images as uint8 (N, C, H, W) and int64 labels (N,)."""
+
+    images: Tensor
+    labels: Tensor
+
+
+def default_data_dir(name: str) -> Path:
+    """``$MENET_DATA_DIR`` if set, else Debian's Fashion-MNIST directory for fashion-mnist."""
+    env = os.environ.get(DATA_DIR_ENV)
+    if env:
+        return Path(env)
+    if name == "fashion-mnist":
+        return DEBIAN_FASHION_MNIST
+    raise DatasetError(f"{name}: no data directory given; pass --data-dir or set {DATA_DIR_ENV}")
+
+
+def find_file(directory: Path, stem: str, name: str) -> Path:
+    """``stem`` or ``stem.gz`` in ``directory`` or ``directory/name``; clear error if absent."""
+    candidates = [d / f for d in (directory, directory / name) for f in (stem + ".gz", stem)]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise DatasetError(
+        f"{name}: {stem}(.gz) not found in {directory}; get the official files from "
+        f"{SOURCES[name]} and point --data-dir or {DATA_DIR_ENV} at their directory"
+    )
+
+
+def load_idx_dataset(
+    name: str, split: str = "train", data_dir: str | Path | None = None, verify: bool = True
+) -> ImageSet:
+    """Load ``name`` ("mnist" or "fashion-mnist") ``split`` ("train"/"test") from IDX files."""
+    if name not in SOURCES:
+        raise ValueError(f"unknown IDX dataset {name!r}; valid: {', '.join(SOURCES)}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+    directory = Path(data_dir) if data_dir is not None else default_data_dir(name)
+    arrays = []
+    for kind, ndim in (("images-idx3-ubyte", 3), ("labels-idx1-ubyte", 1)):
+        stem = f"{SPLITS[split]}-{kind}"
+        path = find_file(directory, stem, name)
+        content = read_bytes(path)
+        if verify:
+            verify_content(name, path, content)
+        arrays.append(parse_idx(content, str(path), ndim))
+    images, labels = arrays
+    if images.shape[0] != labels.shape[0]:
+        raise DatasetError(
+            f"{name} {split}: {images.shape[0]} images but {labels.shape[0]} labels in {directory}"
+        )
+    return ImageSet(
+        images=torch.from_numpy(images.copy()).unsqueeze(1),
+        labels=torch.from_numpy(labels.astype(np.int64)),
+    )

@@ -1,0 +1,121 @@
+"""Input checks and chunked execution shared by the batched estimators.
+
+Every estimator works on a stack of matrices ``(B, m, n)``. Torch's batched LAPACK calls
+(eigh, svd) loop over the batch on one core, so on a multi-core CPU we split the batch into
+chunks and run the chunks on a small thread pool with torch's own threading set to one
+(torch releases the GIL inside its kernels). Chunking also bounds the memory of the
+temporaries: no chunk holds more than ``MAX_CHUNK_ELEMENTS`` matrix entries.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+from torch import Tensor
+
+# 2**19 float32 entries = 2 MiB per chunk-sized temporary; an estimator keeps about a
+# dozen of those alive per worker, so a call needs well under 100 MiB of scratch memory.
+MAX_CHUNK_ELEMENTS = 2**19
+# Below this many matrices per worker, a thread pool costs more than it saves.
+MIN_CHUNK_MATRICES = 64
+
+FLOAT_DTYPES = (torch.float32, torch.float64)
+
+
+def check_matrices(a: Tensor, mask: Tensor) -> None:
+    """Validate the common estimator contract; raise TypeError/ValueError naming the problem."""
+    if not isinstance(a, Tensor) or not isinstance(mask, Tensor):
+        raise TypeError(
+            f"a and mask must be torch tensors, got {type(a).__name__} and {type(mask).__name__}"
+        )
+    if a.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"a must be float32 or float64, got {a.dtype}")
+    if mask.dtype != torch.bool:
+        raise TypeError(f"mask must be a bool tensor (True = observed), got {mask.dtype}")
+    if a.dim() < 2:
+        raise ValueError(f"a must have shape (..., m, n) with at least 2 dims, got {tuple(a.shape)}")
+    if a.shape != mask.shape:
+        raise ValueError(
+            f"a and mask must have the same shape, got {tuple(a.shape)} and {tuple(mask.shape)}"
+        )
+    if a.device != mask.device:
+        raise ValueError(f"a and mask must be on the same device, got {a.device} and {mask.device}")
+    if a.shape[-1] == 0 or a.shape[-2] == 0:
+        raise ValueError(f"matrices must be non-empty, got shape {tuple(a.shape)}")
+    if a.numel() == 0:
+        return
+    if not bool(torch.isfinite(a).logical_or(~mask).all()):
+        raise ValueError("a has NaN or Inf among its observed entries")
+    if not bool(mask.flatten(-2).any(-1).all()):
+        bad = (~mask.flatten(-2).any(-1)).reshape(-1).nonzero()[:5].flatten().tolist()
+        raise ValueError(f"every matrix needs at least one observed entry; matrices {bad} have none")
+
+
+def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+
+
+def check_max_iters(max_iters: int) -> None:
+    if not isinstance(max_iters, int) or isinstance(max_iters, bool) or max_iters < 1:
+        raise ValueError(f"max_iters must be a positive int, got {max_iters!r}")
+
+
+def zero_fill(a: Tensor, mask: Tensor) -> Tensor:
+    """Observed entries of ``a``, zeros elsewhere (NaN-safe: unobserved values never leak)."""
+    return torch.where(mask, a, torch.zeros((), dtype=a.dtype, device=a.device))
+
+
+def map_matrices(
+    fn: Callable[..., Tensor], a: Tensor, mask: Tensor, *, differentiable: bool = False
+) -> Tensor:
+    """Apply ``fn(a_chunk, mask_chunk) -> out_chunk`` over ``a`` of shape (..., m, n) in chunks.
+
+    Leading dims are flattened; the result has the shape of ``a``. When ``differentiable`` and
+    autograd is recording, chunks run in the caller's thread and are concatenated so that
+    gradients flow; otherwise they are written into one preallocated output.
+    """
+    shape = a.shape
+    m, n = shape[-2:]
+    flat_a = a.reshape(-1, m, n)
+    flat_mask = mask.reshape(-1, m, n)
+    batch = flat_a.shape[0]
+    if batch == 0:
+        return a.clone()
+    per_chunk_cap = max(1, MAX_CHUNK_ELEMENTS // (m * n))
+    workers = torch.get_num_threads() if a.device.type == "cpu" else 1
+    chunk = min(per_chunk_cap, max(MIN_CHUNK_MATRICES, math.ceil(batch / max(workers, 1))))
+    starts = list(range(0, batch, chunk))
+
+    if differentiable and torch.is_grad_enabled() and a.requires_grad:
+        parts = [fn(flat_a[s : s + chunk], flat_mask[s : s + chunk]) for s in starts]
+        return torch.cat(parts).reshape(shape)
+
+    out = torch.empty_like(flat_a)
+    grad_mode = torch.is_grad_enabled()
+    inference_mode = torch.is_inference_mode_enabled()
+
+    def run(start: int) -> None:
+        # Grad and inference modes are thread-local: carry the caller's into the worker.
+        with torch.inference_mode(inference_mode), torch.set_grad_enabled(grad_mode):
+            out[start : start + chunk] = fn(
+                flat_a[start : start + chunk], flat_mask[start : start + chunk]
+            )
+
+    if workers > 1 and len(starts) > 1:
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(max_workers=min(workers, len(starts))) as pool:
+                list(pool.map(run, starts))
+        finally:
+            torch.set_num_threads(workers)
+    else:
+        for s in starts:
+            run(s)
+    return out.reshape(shape)

@@ -1,0 +1,1 @@
+"""Figures: read computed arrays or result files, write PNGs. Never recompute experiments."""

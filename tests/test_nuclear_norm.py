@@ -1,0 +1,66 @@
+"""Nuclear-norm minimisation against cvxpy (an interior-point solver), and exact recovery."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import bernoulli_mask, low_rank_plus_noise
+from menet.estimation import nuclear_norm
+from menet.estimation.reference import nuclear_norm_objective, nuclear_norm_reference
+
+# Clarabel solves the SDP to high accuracy, so its objective is the optimum to ~1e-8.
+REFERENCE = {"solver": "CLARABEL"}
+
+
+def relative_gap(x: np.ndarray, ref: np.ndarray, a: np.ndarray, mask: np.ndarray, mu: float) -> np.ndarray:
+    ours = nuclear_norm_objective(x, a, mask, mu)
+    best = nuclear_norm_objective(ref, a, mask, mu)
+    return (ours - best) / best
+
+
+@pytest.mark.parametrize("mu", [1.0, 0.3])
+@pytest.mark.parametrize("p", [0.2, 0.5, 0.8])
+def test_objective_within_1e4_of_cvxpy_on_fashion_mnist(fashion_matrices, p, mu):
+    a = fashion_matrices[:3].numpy()
+    mask = bernoulli_mask(a.shape, p, seed=20)
+    ref = nuclear_norm_reference(a, mask, mu=mu, **REFERENCE)
+    for dtype in (torch.float64, torch.float32):
+        got = nuclear_norm(torch.from_numpy(a).to(dtype), torch.from_numpy(mask), mu=mu).numpy()
+        gap = relative_gap(got, ref, a, mask, mu)
+        assert gap.max() < 1e-4, (dtype, gap)
+
+
+@pytest.mark.parametrize("shape", [(8, 24), (15, 6)])
+def test_objective_within_1e4_of_cvxpy_on_low_rank_plus_noise(shape):
+    a = low_rank_plus_noise(4, *shape, rank=2, noise=0.1, seed=21)
+    mask = bernoulli_mask(a.shape, 0.5, seed=22)
+    ref = nuclear_norm_reference(a, mask, **REFERENCE)
+    got = nuclear_norm(torch.from_numpy(a), torch.from_numpy(mask)).numpy()
+    assert relative_gap(got, ref, a, mask, 1.0).max() < 1e-4
+
+
+def test_exact_recovery_of_low_rank_matrix():
+    a = low_rank_plus_noise(2, 30, 30, rank=2, noise=0.0, seed=23) * 10
+    mask = bernoulli_mask(a.shape, 0.6, seed=24)
+    out = nuclear_norm(
+        torch.from_numpy(a), torch.from_numpy(mask), mu=1e-3, tol=1e-10, max_iters=20000
+    ).numpy()
+    rel = np.linalg.norm(out - a, axis=(1, 2)) / np.linalg.norm(a, axis=(1, 2))
+    assert rel.max() < 1e-3, rel
+
+
+def test_each_matrix_stops_on_its_own():
+    a = torch.from_numpy(low_rank_plus_noise(7, 10, 14, rank=2, noise=0.2, seed=25))
+    mask = torch.from_numpy(bernoulli_mask(tuple(a.shape), 0.5, seed=26))
+    together = nuclear_norm(a, mask)
+    alone = torch.cat([nuclear_norm(a[i : i + 1], mask[i : i + 1]) for i in range(7)])
+    torch.testing.assert_close(together, alone, rtol=0, atol=1e-10)
+
+
+def test_unobserved_entries_do_not_matter():
+    a = torch.from_numpy(low_rank_plus_noise(4, 9, 9, rank=2, noise=0.1, seed=27))
+    mask = torch.from_numpy(bernoulli_mask(tuple(a.shape), 0.4, seed=28))
+    garbage = torch.where(mask, a, torch.full_like(a, float("nan")))
+    assert torch.equal(nuclear_norm(garbage, mask), nuclear_norm(a, mask))
