@@ -1,0 +1,25 @@
+"""The `menet` command: demo outputs and error reporting."""
+
+from __future__ import annotations
+
+from menet.cli import main
+
+
+def test_demo_writes_figures_and_summary(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--images", "16", "--quiet"]) == 0
+    for name in ("reconstructions.png", "approx_rank.png"):
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    summary = (out / "summary.md").read_text()
+    for method in ("usvt", "softimpute", "nucnorm"):
+        assert summary.count(f"| {method} |") == 5
+    assert "Approximate rank" in capsys.readouterr().out
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_missing_data_is_a_clear_error(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "o"), "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "not found" in err and "MENET_DATA_DIR" in err
+    assert not (tmp_path / "o").exists()
