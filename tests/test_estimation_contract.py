@@ -51,7 +51,7 @@ class TestBadInput:
     def test_matrix_without_observed_entry(self, method):
         a, mask = sample()
         mask[2] = False
-        with pytest.raises(ValueError, match=r"matrices \[2\] have none"):
+        with pytest.raises(ValueError, match=r"matrices \[2\] \(flattened batch index\) have none"):
             get_estimator(method)(a, mask)
 
     def test_not_tensors(self, method):
@@ -129,30 +129,23 @@ def test_iterative_estimators_carry_no_gradient(method):
     assert not get_estimator(method)(a, mask).requires_grad
 
 
-MEMORY_PROBE = """
-import resource, sys, torch
-from menet.estimation import get_estimator
-a = torch.rand(20_000, 32, 96) * 2 - 1
-mask = torch.rand(a.shape) < 0.5
-out = torch.empty_like(a)  # touch an output-sized block so the baseline includes it
-out.fill_(0)
-del out
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-kwargs = {"usvt": {"rank": 25}, "softimpute": {"max_iters": 2}, "nucnorm": {"max_iters": 2}}
-get_estimator(sys.argv[1])(a, mask, **kwargs[sys.argv[1]])
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
-"""
-
-
-@pytest.mark.parametrize("method", METHODS)
-def test_memory_is_bounded_by_chunking(method):
+def test_memory_is_bounded_by_chunking():
     # 20,000 CIFAR-shaped float32 matrices are 245 MiB; unchunked, the temporaries alone would
-    # take several times that. With chunking the peak grows by little beyond the output.
+    # take several times that (measured: 480 MiB for USVT, 1.8 GiB for Soft-Impute). The
+    # benchmark's probe measures the peak growth beyond input and output in a fresh process.
     import subprocess
     import sys
+    from pathlib import Path
 
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "estimation.py"
     result = subprocess.run(
-        [sys.executable, "-c", MEMORY_PROBE, method], capture_output=True, text=True, check=True
+        [sys.executable, str(script), "--memory-only", "--memory-matrices", "20000"],
+        capture_output=True, text=True, check=True,
     )
-    extra_mib = float(result.stdout.strip())
-    assert extra_mib < 200, f"{method}: peak memory grew by {extra_mib:.0f} MiB beyond input and output"
+    growth = {
+        line.split()[2]: float(line.split(": ")[1].split(" MiB")[0].replace(",", ""))
+        for line in result.stdout.splitlines() if line.startswith("peak memory")
+    }
+    assert sorted(growth) == METHODS
+    for method, mib in growth.items():
+        assert mib < 150, f"{method}: peak memory grew by {mib:.0f} MiB beyond input and output"

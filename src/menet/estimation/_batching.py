@@ -47,11 +47,21 @@ def check_matrices(a: Tensor, mask: Tensor) -> None:
         raise ValueError(f"matrices must be non-empty, got shape {tuple(a.shape)}")
     if a.numel() == 0:
         return
-    if not bool(torch.isfinite(a).logical_or(~mask).all()):
-        raise ValueError("a has NaN or Inf among its observed entries")
-    if not bool(mask.flatten(-2).any(-1).all()):
-        bad = (~mask.flatten(-2).any(-1)).reshape(-1).nonzero()[:5].flatten().tolist()
-        raise ValueError(f"every matrix needs at least one observed entry; matrices {bad} have none")
+    # Checked chunk by chunk so that validation needs no full-size temporaries.
+    m, n = a.shape[-2:]
+    flat_a, flat_mask = a.reshape(-1, m, n), mask.reshape(-1, m, n)
+    step = max(1, MAX_CHUNK_ELEMENTS // (m * n))
+    for start in range(0, flat_a.shape[0], step):
+        a_chunk, mask_chunk = flat_a[start : start + step], flat_mask[start : start + step]
+        if not bool(torch.isfinite(a_chunk).logical_or_(~mask_chunk).all()):
+            raise ValueError("a has NaN or Inf among its observed entries")
+        empty = ~mask_chunk.flatten(-2).any(-1)
+        if bool(empty.any()):
+            bad = (empty.nonzero()[:5].flatten() + start).tolist()
+            raise ValueError(
+                f"every matrix needs at least one observed entry; matrices {bad} "
+                f"(flattened batch index) have none"
+            )
 
 
 def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
