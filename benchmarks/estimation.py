@@ -24,7 +24,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from menet.data import load_idx_dataset
+from menet.data import load_dataset
 from menet.estimation import nuclear_norm, soft_impute, usvt
 from menet.estimation.reference import (
     nuclear_norm_objective,
@@ -46,7 +46,7 @@ def median_time(fn: Callable[[], object], repeats: int = 3) -> float:
 
 
 def datasets(batch: int) -> dict[str, np.ndarray]:
-    images = load_idx_dataset("fashion-mnist", "test").images[:batch, 0].numpy().astype(np.float32)
+    images = load_dataset("fashion-mnist", "test").images[:batch, 0].numpy().astype(np.float32)
     mnist = images / 255.0 * 2 - 1
     padded = np.pad(mnist, ((0, 0), (2, 2), (2, 2)), constant_values=-1.0)
     cifar = np.concatenate(

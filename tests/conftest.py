@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from menet.data import load_idx_dataset
+from menet.data import load_dataset
 
 
 @pytest.fixture(scope="session")
 def fashion_test_images() -> torch.Tensor:
     """The first 64 Fashion-MNIST test images as float32 (64, 1, 28, 28) in [0, 1]."""
-    data = load_idx_dataset("fashion-mnist", "test")
+    data = load_dataset("fashion-mnist", "test")
     return data.images[:64].to(torch.float32) / 255.0
 
 

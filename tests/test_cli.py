@@ -23,3 +23,24 @@ def test_missing_data_is_a_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "not found" in err and "MENET_DATA_DIR" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_models_lists_registry_with_counts(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "resnet18" in out and "11,173,962" in out and "7,158,856" in out
+
+
+def test_data_info_reports_files_and_status(capsys, tmp_path):
+    assert main(["data", "info", "fashion-mnist"]) == 0
+    out = capsys.readouterr().out
+    assert "looked in: /usr/share/datasets/fashion-mnist" in out
+    assert "t10k-images-idx3-ubyte.gz" in out and "test: 10,000 images" in out
+    assert main(["data", "info", "cifar10", "--data-dir", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "train: error:" in out and "cifar-10-python.tar.gz" in out
+
+
+def test_unknown_dataset_is_a_clear_error(capsys):
+    assert main(["data", "info", "imagenet"]) == 2
+    assert "valid: mnist, fashion-mnist, cifar10, svhn, tiny-imagenet" in capsys.readouterr().err

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from menet.data import DatasetError, load_idx_dataset
+from menet.data import DatasetError, load_dataset
 from menet.data.idx import read_idx
 
 
@@ -38,7 +38,7 @@ def tiny(tmp_path):
 def test_reads_exact_pixels_and_labels(tiny, compress):
     directory, images, labels = tiny
     write_split(directory, "t10k", images, labels, compress)
-    data = load_idx_dataset("mnist", "test", directory, verify=False)
+    data = load_dataset("mnist", "test", directory, verify=False)
     assert data.images.shape == (7, 1, 28, 28) and str(data.images.dtype) == "torch.uint8"
     np.testing.assert_array_equal(data.images[:, 0].numpy(), images)
     np.testing.assert_array_equal(data.labels.numpy(), labels.astype(np.int64))
@@ -48,7 +48,7 @@ def test_dataset_subdirectory_is_found(tiny):
     directory, images, labels = tiny
     (directory / "fashion-mnist").mkdir()
     write_split(directory / "fashion-mnist", "train", images, labels, True)
-    assert load_idx_dataset("fashion-mnist", "train", directory, verify=False).images.shape[0] == 7
+    assert load_dataset("fashion-mnist", "train", directory, verify=False).images.shape[0] == 7
 
 
 def test_truncated_file(tiny):
@@ -88,29 +88,29 @@ def test_label_count_mismatch(tiny):
     directory, images, labels = tiny
     write_split(directory, "train", images, labels[:5], True)
     with pytest.raises(DatasetError, match="7 images but 5 labels"):
-        load_idx_dataset("mnist", "train", directory, verify=False)
+        load_dataset("mnist", "train", directory, verify=False)
 
 
 def test_missing_files_name_file_and_source(tmp_path):
     with pytest.raises(DatasetError, match=r"train-images-idx3-ubyte\(\.gz\) not found .*lecun"):
-        load_idx_dataset("mnist", "train", tmp_path)
+        load_dataset("mnist", "train", tmp_path)
 
 
 def test_checksum_mismatch_names_file_and_values(tiny):
     directory, images, labels = tiny
     write_split(directory, "train", images, labels, True)
     with pytest.raises(DatasetError, match=r"train-images-idx3-ubyte\.gz: checksum mismatch .*f68b3c2dcbeaaa9fbdd348bbdeb94873"):
-        load_idx_dataset("mnist", "train", directory)
+        load_dataset("mnist", "train", directory)
 
 
 def test_real_debian_fashion_mnist_verifies():
-    data = load_idx_dataset("fashion-mnist", "test")  # verify=True by default
+    data = load_dataset("fashion-mnist", "test")  # the built-in default directory, verify=True
     assert data.images.shape == (10000, 1, 28, 28)
     assert np.bincount(data.labels.numpy()).tolist() == [1000] * 10
 
 
-def test_bad_names():
-    with pytest.raises(ValueError, match="mnist, fashion-mnist"):
-        load_idx_dataset("kmnist")
+def test_bad_names(tmp_path):
+    with pytest.raises(ValueError, match="mnist, fashion-mnist, cifar10, svhn, tiny-imagenet"):
+        load_dataset("kmnist")
     with pytest.raises(ValueError, match="train, test"):
-        load_idx_dataset("mnist", "val")
+        load_dataset("mnist", "val", tmp_path)

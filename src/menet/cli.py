@@ -32,6 +32,28 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_info(args: argparse.Namespace) -> int:
+    from menet.data.info import dataset_report
+
+    report = dataset_report(args.name, args.data_dir)
+    print(report)
+    return 1 if "error:" in report else 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from menet.models import build_model, model_names
+
+    # Parameter counts at each model's usual setting in the paper.
+    settings = {"lenet": (10, 1), "densenet121": (200, 3)}
+    print(f"{'model':<14}{'classes':>8}{'channels':>10}{'parameters':>14}")
+    for name in model_names():
+        classes, channels = settings.get(name, (10, 3))
+        model = build_model(name, classes, channels)
+        count = sum(p.numel() for p in model.parameters())
+        print(f"{name:<14}{classes:>8}{channels:>10}{count:>14,}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="menet", description="ME-Net: matrix-estimation defense")
     parser.add_argument("--version", action="version", version=f"menet {__version__}")
@@ -46,6 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=_cmd_demo)
+
+    data = sub.add_parser("data", help="datasets: where menet looks and what it finds")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    info = data_sub.add_parser("info", help="files, sizes and checksum status of a dataset")
+    info.add_argument("name", help="fashion-mnist, mnist, cifar10, svhn or tiny-imagenet")
+    info.add_argument("--data-dir", default=None, help="directory of the official files (default: $MENET_DATA_DIR)")
+    info.set_defaults(func=_cmd_data_info)
+
+    models = sub.add_parser("models", help="the model registry with parameter counts")
+    models.set_defaults(func=_cmd_models)
     return parser
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from menet.analysis import approx_rank
-from menet.data import load_idx_dataset
+from menet.data import load_dataset
 from menet.defense import MatrixEstimation
 from menet.estimation.layout import matrices_to_images
 from menet.figures.demo import plot_rank_distribution, plot_reconstruction_grid
@@ -48,7 +48,7 @@ def run_demo(
     the rank statistics. Returns the table rows and the rank statistics.
     """
     out = Path(out_dir)
-    test = load_idx_dataset(dataset, "test", data_dir)
+    test = load_dataset(dataset, "test", data_dir)
     images = test.images[:n_images].to(torch.float32) / 255.0
     examples = images[:n_examples]
     generator = torch.Generator().manual_seed(seed)

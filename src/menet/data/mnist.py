@@ -7,7 +7,6 @@ recompressed the files (Debian's Fashion-MNIST package).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +18,6 @@ from menet.data.checksums import verify_content
 from menet.data.errors import DatasetError
 from menet.data.idx import parse_idx, read_bytes
 
-DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-DATA_DIR_ENV = "MENET_DATA_DIR"
 SPLITS = {"train": "train", "test": "t10k"}
 SOURCES = {
     "mnist": "http://yann.lecun.com/exdb/mnist/ (or a mirror)",
@@ -39,16 +36,6 @@ class ImageSet:
     labels: Tensor
 
 
-def default_data_dir(name: str) -> Path:
-    """``$MENET_DATA_DIR`` if set, else Debian's Fashion-MNIST directory for fashion-mnist."""
-    env = os.environ.get(DATA_DIR_ENV)
-    if env:
-        return Path(env)
-    if name == "fashion-mnist":
-        return DEBIAN_FASHION_MNIST
-    raise DatasetError(f"{name}: no data directory given; pass --data-dir or set {DATA_DIR_ENV}")
-
-
 def find_file(directory: Path, stem: str, name: str) -> Path:
     """``stem`` or ``stem.gz`` in ``directory`` or ``directory/name``; clear error if absent."""
     candidates = [d / f for d in (directory, directory / name) for f in (stem + ".gz", stem)]
@@ -57,19 +44,18 @@ def find_file(directory: Path, stem: str, name: str) -> Path:
             return path
     raise DatasetError(
         f"{name}: {stem}(.gz) not found in {directory}; get the official files from "
-        f"{SOURCES[name]} and point --data-dir or {DATA_DIR_ENV} at their directory"
+        f"{SOURCES[name]} and point --data-dir or MENET_DATA_DIR at their directory"
     )
 
 
-def load_idx_dataset(
-    name: str, split: str = "train", data_dir: str | Path | None = None, verify: bool = True
-) -> ImageSet:
-    """Load ``name`` ("mnist" or "fashion-mnist") ``split`` ("train"/"test") from IDX files."""
+def load_idx_dataset(name: str, split: str, directory: str | Path, verify: bool = True) -> ImageSet:
+    """Load ``name`` ("mnist" or "fashion-mnist") ``split`` ("train"/"test") from IDX files
+    in ``directory`` (or its subdirectory ``name``)."""
     if name not in SOURCES:
         raise ValueError(f"unknown IDX dataset {name!r}; valid: {', '.join(SOURCES)}")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
-    directory = Path(data_dir) if data_dir is not None else default_data_dir(name)
+    directory = Path(directory)
     arrays = []
     for kind, ndim in (("images-idx3-ubyte", 3), ("labels-idx1-ubyte", 1)):
         stem = f"{SPLITS[split]}-{kind}"

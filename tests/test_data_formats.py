@@ -1,0 +1,184 @@
+"""CIFAR-10, SVHN and Tiny-ImageNet read from files written in their official formats."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+from PIL import Image
+
+from menet.data import DatasetError, load_dataset
+from menet.data.cifar import BATCHES, FOLDER
+
+
+def cifar_batch(n: int, seed: int) -> tuple[np.ndarray, list[int], bytes]:
+    """An official-format batch: dict with b"data" (n x 3072 uint8, R, G, B planes) and b"labels"."""
+    rng = np.random.default_rng(seed)
+    data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+    labels = rng.integers(0, 10, n).tolist()
+    batch = {b"batch_label": b"testing batch", b"labels": labels, b"data": data,
+             b"filenames": [f"img_{i}.png".encode() for i in range(n)]}
+    return data, labels, pickle.dumps(batch, protocol=2)
+
+
+def write_cifar(directory: Path, archive: bool) -> dict[str, tuple[np.ndarray, list[int]]]:
+    written = {}
+    members = {}
+    for seed, name in enumerate(BATCHES["train"] + BATCHES["test"]):
+        data, labels, content = cifar_batch(3, seed)
+        written[name] = (data, labels)
+        members[name] = content
+    members["batches.meta"] = pickle.dumps({b"label_names": [b"airplane"] * 10}, protocol=2)
+    if archive:
+        with tarfile.open(directory / "cifar-10-python.tar.gz", "w:gz") as tar:
+            for name, content in members.items():
+                info = tarfile.TarInfo(f"{FOLDER}/{name}")
+                info.size = len(content)
+                tar.addfile(info, io.BytesIO(content))
+    else:
+        (directory / FOLDER).mkdir()
+        for name, content in members.items():
+            (directory / FOLDER / name).write_bytes(content)
+    return written
+
+
+@pytest.mark.parametrize("archive", [True, False])
+def test_cifar10_reads_exact_pixels_and_labels(tmp_path, archive):
+    written = write_cifar(tmp_path, archive)
+    train = load_dataset("cifar10", "train", tmp_path, verify=False)
+    expected = np.concatenate([written[n][0] for n in BATCHES["train"]]).reshape(-1, 3, 32, 32)
+    np.testing.assert_array_equal(train.images.numpy(), expected)
+    assert train.labels.tolist() == sum((written[n][1] for n in BATCHES["train"]), [])
+    test = load_dataset("cifar10", "test", tmp_path, verify=False)
+    # Channel-major planes: pixel (row 0, col 1) of the green plane is byte 1024 + 1.
+    assert test.images[0, 1, 0, 1] == written["test_batch"][0][0, 1025]
+
+
+class Payload:
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {MARKER}",))
+
+
+MARKER = "/tmp/menet-pickle-payload-ran"
+
+
+def test_cifar10_refuses_code_execution_payload(tmp_path):
+    Path(MARKER).unlink(missing_ok=True)
+    write_cifar(tmp_path, archive=False)
+    (tmp_path / FOLDER / "test_batch").write_bytes(pickle.dumps({b"data": Payload(), b"labels": [0]}, protocol=2))
+    with pytest.raises(DatasetError, match="refusing to load (posix|os).system"):
+        load_dataset("cifar10", "test", tmp_path, verify=False)
+    assert not Path(MARKER).exists()
+
+
+def test_cifar10_checksum_names_the_file(tmp_path):
+    write_cifar(tmp_path, archive=False)
+    with pytest.raises(DatasetError, match=r"data_batch_1: checksum mismatch: expected MD5 c99cafc152244af753f735de768cd75f"):
+        load_dataset("cifar10", "train", tmp_path)
+
+
+def test_cifar10_truncated_and_missing(tmp_path):
+    write_cifar(tmp_path, archive=True)
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    archive.write_bytes(archive.read_bytes()[:200])
+    with pytest.raises(DatasetError, match="corrupt or truncated archive"):
+        load_dataset("cifar10", "test", tmp_path, verify=False)
+    with pytest.raises(DatasetError, match="cifar-10-python.tar.gz found; get the official file"):
+        load_dataset("cifar10", "test", tmp_path / "nowhere", verify=False)
+
+
+def test_cifar10_truncated_batch(tmp_path):
+    write_cifar(tmp_path, archive=False)
+    batch = tmp_path / FOLDER / "test_batch"
+    batch.write_bytes(batch.read_bytes()[:-500])
+    with pytest.raises(DatasetError, match="test_batch: .*truncated"):
+        load_dataset("cifar10", "test", tmp_path, verify=False)
+
+
+def write_svhn(path: Path, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8)
+    y = rng.integers(1, 11, (n, 1)).astype(np.uint8)  # 10 means digit 0
+    y[0, 0] = 10
+    scipy.io.savemat(path, {"X": x, "y": y})
+    return x, y
+
+
+def test_svhn_reads_exact_pixels_and_maps_label_10_to_0(tmp_path):
+    x, y = write_svhn(tmp_path / "test_32x32.mat", 6, 0)
+    data = load_dataset("svhn", "test", tmp_path, verify=False)
+    np.testing.assert_array_equal(data.images.numpy(), x.transpose(3, 2, 0, 1))
+    assert data.labels[0] == 0
+    assert data.labels.tolist() == [int(v) % 10 for v in y[:, 0]]
+
+
+def test_svhn_bad_files(tmp_path):
+    write_svhn(tmp_path / "train_32x32.mat", 4, 1)
+    with pytest.raises(DatasetError, match=r"train_32x32.mat: size .* expected 182,040,794"):
+        load_dataset("svhn", "train", tmp_path)
+    (tmp_path / "test_32x32.mat").write_bytes(b"MATLAB 5.0 MAT-file" + b"\0" * 20)
+    with pytest.raises(DatasetError, match="not a readable MATLAB file"):
+        load_dataset("svhn", "test", tmp_path, verify=False)
+    scipy.io.savemat(tmp_path / "test_32x32.mat", {"X": np.zeros((32, 32, 3, 2), np.uint8), "y": np.ones((3, 1))})
+    with pytest.raises(DatasetError, match="y must hold 2 labels"):
+        load_dataset("svhn", "test", tmp_path, verify=False)
+
+
+def write_tiny_imagenet(root: Path) -> None:
+    rng = np.random.default_rng(0)
+    wnids = ["n01443537", "n01629819"]
+    (root / "val" / "images").mkdir(parents=True)
+    (root / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    for wnid in wnids:
+        folder = root / "train" / wnid / "images"
+        folder.mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / f"{wnid}_{i}.JPEG")
+    # One greyscale image, as in the real data set: must come back as RGB.
+    Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8), mode="L").save(root / "val" / "images" / "val_0.JPEG")
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(root / "val" / "images" / "val_1.JPEG")
+    (root / "val" / "val_annotations.txt").write_text(
+        "val_0.JPEG\tn01629819\t0\t0\t63\t63\nval_1.JPEG\tn01443537\t1\t2\t60\t61\n"
+    )
+
+
+def pillow_rgb(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB")).transpose(2, 0, 1)
+
+
+def test_tiny_imagenet_reads_pixels_labels_and_caches(tmp_path):
+    root = tmp_path / "tiny-imagenet-200"
+    write_tiny_imagenet(root)
+    train = load_dataset("tiny-imagenet", "train", tmp_path)
+    assert train.images.shape == (4, 3, 64, 64) and train.labels.tolist() == [0, 0, 1, 1]
+    np.testing.assert_array_equal(train.images[2].numpy(), pillow_rgb(root / "train" / "n01629819" / "images" / "n01629819_0.JPEG"))
+    val = load_dataset("tiny-imagenet", "test", tmp_path)
+    assert val.labels.tolist() == [1, 0]
+    np.testing.assert_array_equal(val.images[0].numpy(), pillow_rgb(root / "val" / "images" / "val_0.JPEG"))
+    caches = sorted(p.name for p in root.glob("menet-cache-*.npz"))
+    assert caches == ["menet-cache-v1-train.npz", "menet-cache-v1-val.npz"]
+    # Second load comes from the cache: the JPEGs are no longer needed.
+    for jpeg in root.rglob("*.JPEG"):
+        jpeg.write_bytes(b"garbage")
+    again = load_dataset("tiny-imagenet", "train", tmp_path)
+    np.testing.assert_array_equal(again.images.numpy(), train.images.numpy())
+
+
+def test_tiny_imagenet_errors(tmp_path):
+    with pytest.raises(DatasetError, match="wnids.txt not found"):
+        load_dataset("tiny-imagenet", "train", tmp_path)
+    root = tmp_path / "tiny-imagenet-200"
+    write_tiny_imagenet(root)
+    (root / "val" / "images" / "val_1.JPEG").write_bytes(b"not a jpeg")
+    with pytest.raises(DatasetError, match="val_1.JPEG: not a readable JPEG"):
+        load_dataset("tiny-imagenet", "test", tmp_path)
+    assert not list(root.glob("menet-cache-*val*"))  # nothing written half-way
