@@ -12,6 +12,8 @@ import torch
 from tqdm import tqdm
 
 from menet import __version__
+from menet.checkpoint import CheckpointError
+from menet.config import ConfigError
 from menet.data import DatasetError
 
 
@@ -54,6 +56,30 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from menet.config import apply_overrides, config_from_dict, load_recipe
+    from menet.training import fit
+
+    data = load_recipe(args.recipe) if args.recipe else {}
+    overrides = list(args.set or [])
+    if args.name:
+        overrides.append(f"name={args.name}")
+    config = config_from_dict(apply_overrides(data, overrides))
+    config.validate()
+    torch.manual_seed(config.seed)
+    history = fit(
+        config,
+        args.runs,
+        resume=args.resume,
+        progress=lambda items, desc, total: tqdm(items, desc=desc, total=total, disable=args.quiet, leave=False),
+    )
+    for row in history:
+        print(f"epoch {row['epoch']}: loss {row['loss']:.4f}, accuracy {row['accuracy']:.4f}, "
+              f"lr {row['lr']:g}, {row['images_per_s']:,.0f} images/s")
+    print(f"wrote {Path(args.runs) / config.name}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="menet", description="ME-Net: matrix-estimation defense")
     parser.add_argument("--version", action="version", version=f"menet {__version__}")
@@ -76,6 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--data-dir", default=None, help="directory of the official files (default: $MENET_DATA_DIR)")
     info.set_defaults(func=_cmd_data_info)
 
+    train = sub.add_parser("train", help="train a model: vanilla, menet, menet-adv or madry")
+    train.add_argument("recipe", nargs="?", help="YAML recipe (see recipes/); fields can be overridden with --set")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a config field, e.g. --set epochs=5 --set defense.method=usvt")
+    train.add_argument("--name", help="run name (runs/NAME)")
+    train.add_argument("--runs", default="runs", help="directory holding the runs (default: runs)")
+    train.add_argument("--resume", action="store_true", help="continue from runs/NAME/last.pt")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.set_defaults(func=_cmd_train)
+
     models = sub.add_parser("models", help="the model registry with parameter counts")
     models.set_defaults(func=_cmd_models)
     return parser
@@ -86,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     try:
         return args.func(args)
-    except (DatasetError, ValueError, TypeError) as err:
+    except (ConfigError, CheckpointError, DatasetError, ValueError, TypeError) as err:
         print(f"menet {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,179 @@
+"""Training configuration: frozen dataclasses, loaded from YAML recipes, validated up front."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+MODES = ("vanilla", "menet", "menet-adv", "madry")
+MASK_STRATEGIES = ("fresh", "cached")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field."""
+
+
+@dataclass(frozen=True)
+class DefenseConfig:
+    method: str = "nucnorm"
+    layout: str = "concat"
+    p_start: float = 0.8  # keep-probabilities of the n training masks: p_k = p_start + k (p_end - p_start) / n
+    p_end: float = 1.0
+    n_masks: int = 10
+    p_infer: float | None = None  # default: mean of the training keep-probabilities
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def train_ps(self) -> list[float]:
+        """p_k = p_start + k (p_end - p_start) / n for k = 1..n, as in the original code."""
+        return [self.p_start + k * (self.p_end - self.p_start) / self.n_masks for k in range(1, self.n_masks + 1)]
+
+    def inference_p(self) -> float:
+        ps = self.train_ps()
+        return self.p_infer if self.p_infer is not None else sum(ps) / len(ps)
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    eps: float = 8 / 255
+    step: float = 2 / 255
+    steps: int = 7
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    name: str
+    dataset: str = "fashion-mnist"
+    model: str = "lenet"
+    mode: str = "vanilla"
+    epochs: int = 200
+    batch_size: int = 256
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_milestones: tuple[int, ...] = (100, 150)
+    lr_gamma: float = 0.1
+    seed: int = 0
+    masks: str = "fresh"
+    train_limit: int | None = None  # use only the first N training images (quick runs, tests)
+    data_dir: str | None = None
+    defense: DefenseConfig = field(default_factory=DefenseConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    model_options: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first invalid field; does no work."""
+        from menet.data import DATASETS
+        from menet.estimation import ESTIMATORS
+        from menet.estimation.layout import LAYOUTS
+        from menet.models import model_names
+
+        checks = [
+            ("name", bool(self.name) and "/" not in self.name, "a non-empty run name without '/'"),
+            ("dataset", self.dataset in DATASETS, f"one of {', '.join(DATASETS)}"),
+            ("model", self.model in model_names(), f"one of {', '.join(model_names())}"),
+            ("mode", self.mode in MODES, f"one of {', '.join(MODES)}"),
+            ("epochs", _int(self.epochs) and self.epochs >= 0, "an int >= 0"),
+            ("batch_size", _int(self.batch_size) and self.batch_size >= 1, "an int >= 1"),
+            ("lr", _num(self.lr) and self.lr > 0, "a number > 0"),
+            ("momentum", _num(self.momentum) and 0 <= self.momentum < 1, "a number in [0, 1)"),
+            ("weight_decay", _num(self.weight_decay) and self.weight_decay >= 0, "a number >= 0"),
+            ("lr_milestones", all(_int(m) and m >= 0 for m in self.lr_milestones), "ints >= 0"),
+            ("masks", self.masks in MASK_STRATEGIES, f"one of {', '.join(MASK_STRATEGIES)}"),
+            ("train_limit", self.train_limit is None or (_int(self.train_limit) and self.train_limit >= 1), "an int >= 1 or null"),
+            ("defense.method", self.defense.method in ESTIMATORS, f"one of {', '.join(ESTIMATORS)}"),
+            ("defense.layout", self.defense.layout in LAYOUTS, f"one of {', '.join(LAYOUTS)}"),
+            ("defense.p_start", _prob(self.defense.p_start), "a number in (0, 1]"),
+            ("defense.p_end", _prob(self.defense.p_end) and self.defense.p_end >= self.defense.p_start, "a number in [p_start, 1]"),
+            ("defense.n_masks", _int(self.defense.n_masks) and self.defense.n_masks >= 1, "an int >= 1"),
+            ("defense.p_infer", self.defense.p_infer is None or _prob(self.defense.p_infer), "a number in (0, 1] or null"),
+            ("attack.eps", _num(self.attack.eps) and self.attack.eps >= 0, "a number >= 0"),
+            ("attack.step", _num(self.attack.step) and self.attack.step >= 0, "a number >= 0"),
+            ("attack.steps", _int(self.attack.steps) and self.attack.steps >= 0, "an int >= 0"),
+        ]
+        for name, ok, expected in checks:
+            if not ok:
+                value = _get(self, name)
+                raise ConfigError(f"config field {name} must be {expected}, got {value!r}")
+        if self.masks == "cached":
+            raise ConfigError("config field masks: 'cached' is not implemented yet; use 'fresh'")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["lr_milestones"] = list(self.lr_milestones)
+        return data
+
+
+def _int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _num(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+
+
+def _prob(v: object) -> bool:
+    return _num(v) and 0 < v <= 1
+
+
+def _get(obj: object, dotted: str) -> object:
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """Build a TrainConfig from nested dicts; unknown keys are errors naming them."""
+    data = dict(data)
+    sections = {"defense": DefenseConfig, "attack": AttackConfig}
+    for key, cls in sections.items():
+        section = data.get(key) or {}
+        if not isinstance(section, dict):
+            raise ConfigError(f"config field {key} must be a mapping, got {section!r}")
+        _check_keys(cls, section, prefix=f"{key}.")
+        data[key] = cls(**section)
+    _check_keys(TrainConfig, data)
+    if "lr_milestones" in data:
+        data["lr_milestones"] = tuple(data["lr_milestones"])
+    if "name" not in data:
+        raise ConfigError("config field name is required")
+    return TrainConfig(**data)
+
+
+def _check_keys(cls: type, data: dict[str, Any], prefix: str = "") -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown config field(s) {', '.join(prefix + u for u in unknown)}; valid: {', '.join(sorted(known))}")
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key=value`` overrides (dotted keys for sections; values parsed as YAML)."""
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw)
+        target = data
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+    return data
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    """Read a YAML recipe (safe_load) into a dict."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"recipe {path} not found") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"recipe {path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {path} must be a mapping of config fields")
+    return data

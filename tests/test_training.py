@@ -1,0 +1,151 @@
+"""The fit loop: every mode learns, ME-Net feeds reconstructions, exact resume, clear errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from menet.checkpoint import CheckpointError, load_weights_only, save_atomic
+from menet.config import ConfigError, apply_overrides, config_from_dict
+from menet.defense import MatrixEstimation, MENet
+from menet.training import TrainingInterrupted, fit, load_model
+
+
+def tiny(mode: str, name: str | None = None, /, **overrides) -> dict:
+    base = {
+        "name": name or f"tiny-{mode}", "mode": mode, "epochs": 3, "batch_size": 32, "train_limit": 96,
+        "lr": 0.05, "lr_milestones": [2], "defense": {"method": "usvt", "n_masks": 2},
+        "attack": {"eps": 0.1, "step": 0.05, "steps": 2},
+    }
+    return apply_overrides(base, [f"{k}={v}" for k, v in overrides.items()])
+
+
+@pytest.mark.parametrize("mode", ["vanilla", "menet", "madry", "menet-adv"])
+def test_loss_falls_and_run_files_are_written(tmp_path, mode):
+    history = fit(config_from_dict(tiny(mode)), tmp_path)
+    assert history[-1]["loss"] < history[0]["loss"]
+    run = tmp_path / f"tiny-{mode}"
+    assert {p.name for p in run.iterdir()} == {"config.yaml", "model.pt", "last.pt", "history.csv", "history.jsonl"}
+    rows = list(csv.DictReader((run / "history.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert [json.loads(line)["epoch"] for line in (run / "history.jsonl").open()] == [1, 2, 3]
+    assert [r["lr"] for r in history] == pytest.approx([0.05, 0.05, 0.005])  # divided after 2 epochs
+    model = load_model(run)
+    assert isinstance(model, MENet) == mode.startswith("menet")
+    if isinstance(model, MENet):
+        assert model.preprocess.p == pytest.approx(0.95)  # mean of p_k = 0.9, 1.0
+
+
+def test_menet_mode_trains_on_reconstructions(tmp_path):
+    # p = 1 and a rank-2 USVT make the reconstruction deterministic: the network must see
+    # exactly the rank-2 reconstructions of the (unaugmented) Fashion-MNIST images.
+    config = config_from_dict(tiny("menet", epochs=1, **{"defense.p_start": 1.0, "defense.options": "{rank: 2}"}))
+    seen = []
+    original_forward = torch.nn.Module.__call__
+
+    from menet.models.base import Classifier
+
+    def spy(self, *args, **kwargs):
+        if isinstance(self, Classifier):
+            seen.append(args[0].detach().clone())
+        return original_forward(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.nn.Module, "__call__", spy)
+        fit(config, tmp_path)
+    from menet.data import load_dataset
+
+    raw = load_dataset("fashion-mnist", "train").images[:96].float() / 255
+    recon = MatrixEstimation("usvt", p=1.0, rank=2).reconstruct(raw, torch.ones(96, 28, 28, dtype=torch.bool))
+    inputs = torch.cat(seen)
+    assert inputs.shape[0] == 2 * 96  # two masks per image
+    # every input is the reconstruction of some training image, and none is a raw image
+    dist_recon = torch.cdist(inputs.flatten(1), recon.flatten(1)).min(1).values
+    dist_raw = torch.cdist(inputs.flatten(1), raw.flatten(1)).min(1).values
+    # (float32 eigh on different batch compositions differs by rounding: ~1e-2 in L2 over 784 pixels)
+    assert dist_recon.max() < 0.05 and dist_raw.min() > 0.1, (dist_recon.max(), dist_raw.min())
+
+
+@pytest.mark.parametrize(("mode", "stop"), [("menet", 15), ("menet-adv", 7)])
+def test_kill_and_resume_gives_identical_weights(tmp_path, mode, stop):
+    # 96 images in batches of 32: 6 steps per epoch for menet (2 masks each), 3 for menet-adv;
+    # ``stop`` falls inside epoch 3 of 3, so last.pt holds epoch 2.
+    config = config_from_dict(tiny(mode, "run"))
+    fit(config, tmp_path / "a")
+    with pytest.raises(TrainingInterrupted):
+        fit(config, tmp_path / "b", stop_after_steps=stop)
+    assert load_weights_only(tmp_path / "b" / "run" / "last.pt")["epoch"] == 2
+    fit(config, tmp_path / "b", resume=True)
+    a = load_weights_only(tmp_path / "a" / "run" / "model.pt")
+    b = load_weights_only(tmp_path / "b" / "run" / "model.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "a" / "run" / "history.csv").read_text().count("\n") == (tmp_path / "b" / "run" / "history.csv").read_text().count("\n")
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ({"dataset": "imagenet"}, "dataset"),
+        ({"model": "vgg"}, "model"),
+        ({"mode": "trades"}, "mode"),
+        ({"defense.method": "svd"}, "defense.method"),
+        ({"defense.p_start": 0.0}, "defense.p_start"),
+        ({"defense.p_end": 1.5}, "defense.p_end"),
+        ({"attack.eps": -0.1}, "attack.eps"),
+        ({"epochs": -1}, "epochs"),
+        ({"batch_size": 0}, "batch_size"),
+    ],
+)
+def test_bad_config_fails_before_any_work(tmp_path, override, field):
+    config = config_from_dict(tiny("menet", **override))
+    with pytest.raises(ConfigError, match=f"config field {field} "):
+        fit(config, tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_unknown_config_key_names_it():
+    with pytest.raises(ConfigError, match="defense.pstart"):
+        config_from_dict(tiny("menet", **{"defense.pstart": 0.5}))
+    with pytest.raises(ConfigError, match="learning_rate"):
+        config_from_dict({**tiny("vanilla"), "learning_rate": 0.1})
+
+
+def test_load_model_errors(tmp_path):
+    fit(config_from_dict(tiny("vanilla", epochs=1)), tmp_path)
+    run = tmp_path / "tiny-vanilla"
+    model_pt = run / "model.pt"
+    good = model_pt.read_bytes()
+    model_pt.write_bytes(good[: len(good) // 2])
+    with pytest.raises(CheckpointError, match="truncated or foreign"):
+        load_model(run)
+    save_atomic({"conv.weight": torch.zeros(3)}, model_pt)
+    with pytest.raises(CheckpointError, match="do not fit a lenet"):
+        load_model(run)
+    model_pt.write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match="truncated or foreign"):
+        load_model(run)
+    with pytest.raises(CheckpointError, match="not a menet run directory"):
+        load_model(tmp_path)
+
+
+def test_resume_refuses_changed_settings(tmp_path):
+    fit(config_from_dict(tiny("vanilla", "r", epochs=1)), tmp_path)
+    with pytest.raises(CheckpointError, match="different config"):
+        fit(config_from_dict(tiny("vanilla", "r", epochs=1, lr=0.2)), tmp_path, resume=True)
+
+
+def test_cli_train_with_recipe_and_overrides(tmp_path, capsys):
+    from pathlib import Path
+
+    from menet.cli import main
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "fashion-mnist-quick.yaml"
+    args = ["train", str(recipe), "--runs", str(tmp_path), "--set", "train_limit=64", "--set", "epochs=1", "--quiet"]
+    assert main(args) == 0
+    assert "epoch 1: loss" in capsys.readouterr().out
+    assert (tmp_path / "fashion-mnist-quick" / "model.pt").is_file()
+    assert main(["train", str(recipe), "--runs", str(tmp_path), "--set", "defense.p_start=2"]) == 2
+    assert "defense.p_start" in capsys.readouterr().err
