@@ -27,6 +27,7 @@ from menet.checkpoint import CheckpointError, load_state_into, load_weights_only
 from menet.config import TrainConfig, config_from_dict
 from menet.data import augment, get_dataset_spec, load_dataset, to_float
 from menet.defense import MatrixEstimation, MENet
+from menet.estimation.layout import matrix_mask_shape
 from menet.io import write_text_atomic
 from menet.masking import random_mask
 from menet.models import build_model_for_dataset
@@ -62,7 +63,8 @@ def _training_inputs(config: TrainConfig, model: nn.Module, images: torch.Tensor
         return x
     if config.mode == "menet":
         defense = build_defense(config)
-        return defense.reconstruct(x, random_mask(defense.draw_mask(x).shape, p, gen))
+        mask = random_mask(matrix_mask_shape(tuple(x.shape), defense.layout), p, gen)  # per-sample p_k
+        return defense.reconstruct(x, mask)
     model.eval()  # attack a fixed network: batch-norm statistics are not updated by PGD
     try:
         if config.mode == "madry":
