@@ -27,9 +27,7 @@ from menet.checkpoint import CheckpointError, load_state_into, load_weights_only
 from menet.config import TrainConfig, config_from_dict
 from menet.data import augment, get_dataset_spec, load_dataset, to_float
 from menet.defense import MatrixEstimation, MENet
-from menet.estimation.layout import matrix_mask_shape
 from menet.io import write_text_atomic
-from menet.masking import random_mask
 from menet.models import build_model_for_dataset
 
 log = logging.getLogger(__name__)
@@ -53,25 +51,26 @@ def _identity(items: Iterable, **_: Any) -> Iterable:
     return items
 
 
-def _training_inputs(config: TrainConfig, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                     p: torch.Tensor | None, gen: torch.Generator) -> torch.Tensor:
-    """The tensor the network trains on for this batch of uint8 images, per mode."""
+def _training_inputs(config: TrainConfig, model: nn.Module, defense: MatrixEstimation | None,
+                     images: torch.Tensor, labels: torch.Tensor, p: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """The tensor the network trains on for this batch of uint8 images, per mode.
+
+    ``defense`` (ME-Net modes) draws its masks from ``gen``; ``p`` holds each sample's
+    keep-probability p_k (menet mode).
+    """
     spec = get_dataset_spec(config.dataset)
     x = to_float(augment(images, crop_padding=spec.crop_padding, flip=spec.flip, generator=gen))
     a = config.attack
     if config.mode == "vanilla":
         return x
     if config.mode == "menet":
-        defense = build_defense(config)
-        mask = random_mask(matrix_mask_shape(tuple(x.shape), defense.layout), p, gen)  # per-sample p_k
-        return defense.reconstruct(x, mask)
+        return defense.reconstruct(x, defense.draw_mask(x, p))
     model.eval()  # attack a fixed network: batch-norm statistics are not updated by PGD
     try:
         if config.mode == "madry":
             return pgd_linf(model, x, labels, eps=a.eps, step=a.step, steps=a.steps, generator=gen)
-        defense = build_defense(config, generator=gen)  # BPDA through the defense
         adv = pgd_linf(MENet(model, defense), x, labels, eps=a.eps, step=a.step, steps=a.steps, generator=gen)
-        return defense(adv)
+        return defense(adv)  # BPDA attack through the defense, then train on its reconstruction
     finally:
         model.train()
 
@@ -117,9 +116,12 @@ def fit(
 
     ps = torch.tensor(config.defense.train_ps(), dtype=torch.float32)
     n_copies = len(ps) if config.mode == "menet" else 1
+    defense = build_defense(config) if config.mode in ("menet", "menet-adv") else None
     steps = 0
     for epoch in range(start_epoch, config.epochs):
         gen = _epoch_generator(config.seed, epoch)
+        if defense is not None:
+            defense.generator = gen
         model.train()
         order = torch.randperm(len(images) * n_copies, generator=gen)
         batches = order.split(config.batch_size)
@@ -129,7 +131,7 @@ def fit(
         for batch in bar:
             copy, index = batch // len(images), batch % len(images)
             y = labels[index]
-            x = _training_inputs(config, model, images[index], y, ps[copy], gen)
+            x = _training_inputs(config, model, defense, images[index], y, ps[copy], gen)
             logits = model(x)
             loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
