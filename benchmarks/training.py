@@ -34,7 +34,7 @@ def step_time(settings: dict, images: torch.Tensor, labels: torch.Tensor, steps:
 
     def run() -> None:
         for _ in range(steps):
-            x = _training_inputs(config, model, defense, images, labels, p, gen)
+            x = _training_inputs(config, model, defense, images, labels, p, gen, torch.device("cpu"))
             loss = F.cross_entropy(model(x), labels)
             optimizer.zero_grad()
             loss.backward()

@@ -97,6 +97,9 @@ def test_kill_and_resume_gives_identical_weights(tmp_path, mode, stop):
         ({"attack.eps": -0.1}, "attack.eps"),
         ({"epochs": -1}, "epochs"),
         ({"batch_size": 0}, "batch_size"),
+        ({"optimizer": "rmsprop"}, "optimizer"),
+        ({"masks": "disk"}, "masks"),
+        ({"amp": 3}, "amp"),
     ],
 )
 def test_bad_config_fails_before_any_work(tmp_path, override, field):
@@ -149,3 +152,94 @@ def test_cli_train_with_recipe_and_overrides(tmp_path, capsys):
     assert (tmp_path / "fashion-mnist-quick" / "model.pt").is_file()
     assert main(["train", str(recipe), "--runs", str(tmp_path), "--set", "defense.p_start=2"]) == 2
     assert "defense.p_start" in capsys.readouterr().err
+
+
+def test_cached_reconstructions_are_reused_and_invalidated(tmp_path, monkeypatch):
+    import numpy as np
+
+    import menet.recon_cache as recon_cache
+
+    builds = []
+    original = recon_cache.MatrixEstimation
+
+    class Counting(original):
+        def forward(self, images):
+            builds.append(len(images))
+            return super().forward(images)
+
+    monkeypatch.setattr(recon_cache, "MatrixEstimation", Counting)
+    settings = tiny("menet", "c1", epochs=1, masks="cached")
+    fit(config_from_dict(settings), tmp_path)
+    assert sum(builds) == 2 * 96  # two masks per image, built once
+    [cache] = list((tmp_path / "cache").glob("*.npy"))
+    stored = np.load(cache, mmap_mode="r")
+    assert stored.shape == (2, 96, 1, 28, 28) and stored.dtype == np.uint8
+    builds.clear()
+    fit(config_from_dict(tiny("menet", "c2", epochs=2, masks="cached")), tmp_path)  # same ME settings
+    assert builds == []
+    fit(config_from_dict(tiny("menet", "c3", epochs=1, masks="cached", **{"defense.p_start": 0.5})), tmp_path)
+    assert sum(builds) == 2 * 96
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2
+    assert not list((tmp_path / "cache").glob(".*"))  # no temporary files left
+
+
+def test_cached_copies_are_reconstructions_with_their_keep_probability(tmp_path):
+    import numpy as np
+
+    from menet.data import load_dataset
+    from menet.recon_cache import cached_reconstructions
+
+    config = config_from_dict(tiny("menet", "c", **{"defense.p_start": 0.2, "defense.p_end": 1.0, "defense.n_masks": 2}))
+    images = load_dataset("fashion-mnist", "train").images[:32]
+    cache = cached_reconstructions(config, images, tmp_path)
+    # p_1 = 0.6 with USVT's top-80% rank leaves visible mask noise; p_2 = 1.0 is near-exact.
+    err = [np.abs(cache[k].astype(float) - images.numpy()).mean() for k in range(2)]
+    assert err[1] < 2 and err[0] > 5 * err[1]
+
+
+def test_two_process_torchrun_matches_one_process(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    # Batches of 31 split 16 + 15 (and the last, 3, as 2 + 1): the loss scaling must make
+    # the averaged gradient the global-batch mean for the runs to agree.
+    settings = ["--set", "mode=vanilla", "--set", "epochs=2", "--set", "batch_size=31", "--set", "train_limit=96",
+                "--set", "lr=0.05", "--set", "lr_milestones=[]", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, "-m", "menet", "train", "--name", "one", "--runs", str(tmp_path), *settings],
+                            capture_output=True, text=True, env=env)
+    assert single.returncode == 0, single.stderr
+    double = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+         "-m", "menet", "train", "--name", "two", "--runs", str(tmp_path), *settings],
+        capture_output=True, text=True, env=env,
+    )
+    assert double.returncode == 0, double.stderr[-3000:]
+    a = load_weights_only(tmp_path / "one" / "model.pt")
+    b = load_weights_only(tmp_path / "two" / "model.pt")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+    # Only rank 0 wrote: one set of run files, and rank 1 printed nothing.
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["config.yaml", "history.csv", "history.jsonl", "last.pt", "model.pt"]
+    assert double.stdout.count("epoch 2: loss") == 1
+
+
+def test_adam_and_amp_on_cpu(tmp_path, caplog):
+    with caplog.at_level("WARNING"):
+        history = fit(config_from_dict(tiny("vanilla", epochs=2, optimizer="adam", lr=1e-3, amp=True)), tmp_path)
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert "amp is CUDA-only" in caplog.text
+
+
+def test_every_recipe_is_a_valid_config():
+    from pathlib import Path
+
+    from menet.config import load_recipe
+
+    recipes = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+    assert len(recipes) >= 8
+    for path in recipes:
+        config = config_from_dict(load_recipe(path))
+        config.validate()
+        assert config.name == path.stem, path

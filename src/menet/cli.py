@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -71,8 +72,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         config,
         args.runs,
         resume=args.resume,
+        device=args.device,
         progress=lambda items, desc, total: tqdm(items, desc=desc, total=total, disable=args.quiet, leave=False),
     )
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun only rank 0 reports
     for row in history:
         print(f"epoch {row['epoch']}: loss {row['loss']:.4f}, accuracy {row['accuracy']:.4f}, "
               f"lr {row['lr']:g}, {row['images_per_s']:,.0f} images/s")
@@ -109,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--name", help="run name (runs/NAME)")
     train.add_argument("--runs", default="runs", help="directory holding the runs (default: runs)")
     train.add_argument("--resume", action="store_true", help="continue from runs/NAME/last.pt")
+    train.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: CUDA if available; "
+                       "under torchrun each rank takes its local GPU)")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(func=_cmd_train)
 

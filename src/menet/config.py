@@ -11,6 +11,7 @@ import yaml
 
 MODES = ("vanilla", "menet", "menet-adv", "madry")
 MASK_STRATEGIES = ("fresh", "cached")
+OPTIMIZERS = ("sgd", "adam")
 
 
 class ConfigError(ValueError):
@@ -56,8 +57,10 @@ class TrainConfig:
     weight_decay: float = 1e-4
     lr_milestones: tuple[int, ...] = (100, 150)
     lr_gamma: float = 0.1
+    optimizer: str = "sgd"  # "adam" for Madry et al.'s MNIST setting (momentum is then unused)
     seed: int = 0
-    masks: str = "fresh"
+    masks: str = "fresh"  # ME-Net mode: "fresh" masks every epoch, or "cached" reconstructions
+    amp: bool = False  # mixed precision for the network on CUDA (estimators stay float32)
     train_limit: int | None = None  # use only the first N training images (quick runs, tests)
     data_dir: str | None = None
     defense: DefenseConfig = field(default_factory=DefenseConfig)
@@ -83,6 +86,9 @@ class TrainConfig:
             ("weight_decay", _num(self.weight_decay) and self.weight_decay >= 0, "a number >= 0"),
             ("lr_milestones", all(_int(m) and m >= 0 for m in self.lr_milestones), "ints >= 0"),
             ("masks", self.masks in MASK_STRATEGIES, f"one of {', '.join(MASK_STRATEGIES)}"),
+            ("optimizer", self.optimizer in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
+            ("amp", isinstance(self.amp, bool), "true or false"),
+            ("seed", _int(self.seed), "an int"),
             ("train_limit", self.train_limit is None or (_int(self.train_limit) and self.train_limit >= 1), "an int >= 1 or null"),
             ("defense.method", self.defense.method in ESTIMATORS, f"one of {', '.join(ESTIMATORS)}"),
             ("defense.layout", self.defense.layout in LAYOUTS, f"one of {', '.join(LAYOUTS)}"),
@@ -98,8 +104,6 @@ class TrainConfig:
             if not ok:
                 value = _get(self, name)
                 raise ConfigError(f"config field {name} must be {expected}, got {value!r}")
-        if self.masks == "cached":
-            raise ConfigError("config field masks: 'cached' is not implemented yet; use 'fresh'")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

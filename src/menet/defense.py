@@ -92,7 +92,9 @@ class MatrixEstimation(nn.Module):
     def draw_mask(self, images: Tensor, p: float | Tensor | None = None) -> Tensor:
         """One keep-mask per image, shaped for :meth:`reconstruct` (see ``matrix_mask_shape``)."""
         shape = matrix_mask_shape(tuple(images.shape), self.layout)
-        return random_mask(shape, self.p if p is None else p, self.generator, device=images.device)
+        # Draw on the generator's device (e.g. a CPU generator for CUDA images), then move.
+        device = self.generator.device if self.generator is not None else images.device
+        return random_mask(shape, self.p if p is None else p, self.generator, device=device).to(images.device)
 
     def reconstruct(self, images: Tensor, mask: Tensor) -> Tensor:
         """Reconstruct ``images`` (N, C, H, W) in [0, 1] from the entries kept by ``mask``.

@@ -4,6 +4,11 @@ Runs live in ``runs/NAME/``: config.yaml, model.pt (state dict), last.pt (resume
 history.csv and history.jsonl; every file is written atomically. All randomness of an epoch
 (shuffle, augmentation, masks, attack starts) comes from a generator seeded by (seed, epoch),
 so a run resumed from last.pt ends with exactly the weights of an uninterrupted one.
+
+Under ``torchrun --nproc_per_node=N -m menet train ...`` the run is data-parallel
+(DistributedDataParallel; NCCL on GPUs, gloo on CPU): every rank draws the same global batch
+order and takes its share of each global batch, the loss is scaled so that the averaged
+gradient equals the global-batch mean, and only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -17,7 +22,12 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
 from torch import nn
@@ -28,6 +38,7 @@ from menet.config import TrainConfig, config_from_dict
 from menet.data import augment, get_dataset_spec, load_dataset, to_float
 from menet.defense import MatrixEstimation, MENet
 from menet.io import write_text_atomic
+from menet.recon_cache import cached_reconstructions
 from menet.models import build_model_for_dataset
 
 log = logging.getLogger(__name__)
@@ -51,17 +62,49 @@ def _identity(items: Iterable, **_: Any) -> Iterable:
     return items
 
 
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a (possibly single-process) run."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str | None = None) -> Distributed:
+    """Join the torchrun process group if WORLD_SIZE > 1; pick this rank's device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available() and device != "cpu"
+    if world > 1:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if not dist.is_initialized():
+            # Long timeout: rank 0 may build the cached reconstructions while the others wait.
+            dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(hours=3))
+        chosen = torch.device(f"cuda:{local_rank}") if cuda else torch.device("cpu")
+        if cuda:
+            torch.cuda.set_device(chosen)
+        return Distributed(dist.get_rank(), world, chosen)
+    chosen = torch.device(device) if device else torch.device("cuda" if cuda else "cpu")
+    return Distributed(0, 1, chosen)
+
+
 def _training_inputs(config: TrainConfig, model: nn.Module, defense: MatrixEstimation | None,
-                     images: torch.Tensor, labels: torch.Tensor, p: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+                     images: torch.Tensor, labels: torch.Tensor, p: torch.Tensor, gen: torch.Generator,
+                     device: torch.device) -> torch.Tensor:
     """The tensor the network trains on for this batch of uint8 images, per mode.
 
+    ``images`` are on the CPU (augmented there with ``gen``), then moved to ``device``.
     ``defense`` (ME-Net modes) draws its masks from ``gen``; ``p`` holds each sample's
-    keep-probability p_k (menet mode).
+    keep-probability p_k. With cached masks the images are already reconstructions.
     """
     spec = get_dataset_spec(config.dataset)
-    x = to_float(augment(images, crop_padding=spec.crop_padding, flip=spec.flip, generator=gen))
+    x = to_float(augment(images, crop_padding=spec.crop_padding, flip=spec.flip, generator=gen)).to(device)
     a = config.attack
-    if config.mode == "vanilla":
+    if config.mode == "vanilla" or (config.mode == "menet" and config.masks == "cached"):
         return x
     if config.mode == "menet":
         return defense.reconstruct(x, defense.draw_mask(x, p))
@@ -75,19 +118,27 @@ def _training_inputs(config: TrainConfig, model: nn.Module, defense: MatrixEstim
         model.train()
 
 
+def _optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
 def fit(
     config: TrainConfig,
     runs_dir: str | Path = "runs",
     *,
     resume: bool = False,
+    device: str | None = None,
     progress: Callable[..., Iterable] = _identity,
     stop_after_steps: int | None = None,
 ) -> list[dict[str, float]]:
     """Train per ``config`` into ``runs_dir/config.name``; returns the history rows.
 
-    ``resume`` continues from last.pt. ``progress(iterable, desc=, total=)`` wraps each
-    epoch's batches (e.g. tqdm). ``stop_after_steps`` raises TrainingInterrupted after that
-    many optimisation steps (a test hook standing in for a kill).
+    ``resume`` continues from last.pt. ``device``: "cpu", "cuda", ... (default: CUDA if
+    available). ``progress(iterable, desc=, total=)`` wraps each epoch's batches (e.g. tqdm).
+    ``stop_after_steps`` raises TrainingInterrupted after that many optimisation steps (a
+    test hook standing in for a kill).
     """
     config.validate()
     run = Path(runs_dir) / config.name
@@ -95,10 +146,13 @@ def fit(
     images, labels = data.images, data.labels
     if config.train_limit is not None:
         images, labels = images[: config.train_limit], labels[: config.train_limit]
+    place = setup_distributed(device)
+    if not place.is_main:
+        progress = _identity
 
     torch.manual_seed(config.seed)
-    model = build_model_for_dataset(config.model, config.dataset, **config.model_options)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    core = build_model_for_dataset(config.model, config.dataset, **config.model_options)
+    optimizer = _optimizer(config, core)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.lr_milestones), config.lr_gamma)
     history: list[dict[str, float]] = []
     start_epoch = 0
@@ -106,17 +160,36 @@ def fit(
         state = load_weights_only(run / "last.pt")
         if state.get("config") != config.to_dict():
             raise CheckpointError(f"{run / 'last.pt'}: saved with a different config; resume needs the same settings")
-        load_state_into(model, state["model"], str(run / "last.pt"), config.model)
+        load_state_into(core, state["model"], str(run / "last.pt"), config.model)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         history = [dict(row) for row in state["history"]]
         start_epoch = int(state["epoch"])
-    else:
+    elif place.is_main:
         write_text_atomic(run / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+    core.to(place.device)
+    _move_optimizer_state(optimizer, place.device)
+    model: nn.Module = core
+    if place.world > 1:
+        if place.device.type == "cuda":
+            core = nn.SyncBatchNorm.convert_sync_batchnorm(core)
+        model = nn.parallel.DistributedDataParallel(core, device_ids=[place.device.index] if place.device.type == "cuda" else None)
+    use_amp = config.amp and place.device.type == "cuda"
+    if config.amp and not use_amp:
+        log.warning("amp is CUDA-only: training in float32 on %s", place.device)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
     ps = torch.tensor(config.defense.train_ps(), dtype=torch.float32)
     n_copies = len(ps) if config.mode == "menet" else 1
     defense = build_defense(config) if config.mode in ("menet", "menet-adv") else None
+    cache = None
+    if config.mode == "menet" and config.masks == "cached":
+        if place.is_main:
+            cache = cached_reconstructions(config, images, Path(runs_dir) / "cache", progress=progress)
+        if place.world > 1:
+            dist.barrier()
+            cache = cached_reconstructions(config, images, Path(runs_dir) / "cache")
     steps = 0
     for epoch in range(start_epoch, config.epochs):
         gen = _epoch_generator(config.seed, epoch)
@@ -124,54 +197,76 @@ def fit(
             defense.generator = gen
         model.train()
         order = torch.randperm(len(images) * n_copies, generator=gen)
-        batches = order.split(config.batch_size)
-        total_loss = total_correct = total_seen = 0.0
+        batches = [b for b in order.split(config.batch_size) if len(b) >= place.world]
+        totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, seen (this rank)
         started = time.perf_counter()
         bar = progress(batches, desc=f"epoch {epoch + 1}/{config.epochs}", total=len(batches))
-        for batch in bar:
+        for global_batch in bar:
+            batch = global_batch.tensor_split(place.world)[place.rank]
             copy, index = batch // len(images), batch % len(images)
-            y = labels[index]
-            x = _training_inputs(config, model, defense, images[index], y, ps[copy], gen)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            raw = images[index] if cache is None else torch.from_numpy(cache[copy.numpy(), index.numpy()])
+            y = labels[index].to(place.device)
+            x = _training_inputs(config, core, defense, raw, y, ps[copy], gen, place.device)
+            with torch.autocast(place.device.type, dtype=torch.float16, enabled=use_amp):
+                logits = model(x)
+                loss_sum = F.cross_entropy(logits.float(), y, reduction="sum")
+            # DDP averages gradients over ranks: scale so the result is the global-batch mean.
+            loss = loss_sum * (place.world / len(global_batch))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total_loss += loss.item() * len(y)
-            total_correct += (logits.argmax(1) == y).sum().item()
-            total_seen += len(y)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            totals += torch.tensor([loss_sum.item(), (logits.argmax(1) == y).sum().item(), len(y)], dtype=torch.float64)
             if hasattr(bar, "set_postfix"):
-                rate = total_seen / max(time.perf_counter() - started, 1e-9)
-                bar.set_postfix(loss=f"{total_loss / total_seen:.3f}", acc=f"{total_correct / total_seen:.3f}", img_s=f"{rate:.0f}")
+                rate = totals[2].item() * place.world / max(time.perf_counter() - started, 1e-9)
+                bar.set_postfix(loss=f"{totals[0].item() / totals[2].item():.3f}",
+                                acc=f"{totals[1].item() / totals[2].item():.3f}", img_s=f"{rate:.0f}")
             steps += 1
             if stop_after_steps is not None and steps >= stop_after_steps:
                 raise TrainingInterrupted(f"stopped after {steps} steps (test hook)")
+        if place.world > 1:
+            dist.all_reduce(totals)
         seconds = time.perf_counter() - started
+        seen = max(totals[2].item(), 1.0)
         history.append({
-            "epoch": epoch + 1, "loss": total_loss / max(total_seen, 1), "accuracy": total_correct / max(total_seen, 1),
-            "lr": optimizer.param_groups[0]["lr"], "seconds": seconds, "images_per_s": total_seen / max(seconds, 1e-9),
+            "epoch": epoch + 1, "loss": totals[0].item() / seen, "accuracy": totals[1].item() / seen,
+            "lr": optimizer.param_groups[0]["lr"], "seconds": seconds, "images_per_s": totals[2].item() / max(seconds, 1e-9),
         })
         scheduler.step()
-        _write_epoch(run, model, optimizer, scheduler, epoch + 1, history, config)
+        if place.is_main:
+            _write_epoch(run, core, optimizer, scheduler, epoch + 1, history, config)
         log.info("epoch %d: loss %.4f accuracy %.4f", epoch + 1, history[-1]["loss"], history[-1]["accuracy"])
-    if not (run / "model.pt").exists():  # zero epochs: still leave a loadable model
-        save_atomic(model.state_dict(), run / "model.pt")
+    if place.is_main and not (run / "model.pt").exists():  # zero epochs: still leave a loadable model
+        save_atomic(core.state_dict(), run / "model.pt")
+    if place.world > 1:
+        dist.barrier()
     return history
+
+
+def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and key != "step":
+                state[key] = value.to(device)
 
 
 def _write_epoch(run: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
                  epoch: int, history: list[dict[str, float]], config: TrainConfig) -> None:
     save_atomic({
-        "format": "menet-last-v1", "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "format": "menet-last-v1", "epoch": epoch, "model": _cpu(model.state_dict()), "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(), "history": history, "config": config.to_dict(),
     }, run / "last.pt")
-    save_atomic(model.state_dict(), run / "model.pt")
+    save_atomic(_cpu(model.state_dict()), run / "model.pt")
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=HISTORY_FIELDS)
     writer.writeheader()
     writer.writerows(history)
     write_text_atomic(run / "history.csv", table.getvalue())
     write_text_atomic(run / "history.jsonl", "".join(json.dumps(row) + "\n" for row in history))
+
+
+def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in state.items()}
 
 
 def load_model(run_dir: str | Path) -> nn.Module:

@@ -29,7 +29,8 @@ def pgd_linf(
     original = images.detach()
     adv = original.clone()
     if random_start and eps > 0:
-        noise = torch.rand(adv.shape, generator=generator, device=adv.device, dtype=adv.dtype)
+        device = generator.device if generator is not None else adv.device
+        noise = torch.rand(adv.shape, generator=generator, device=device, dtype=adv.dtype).to(adv.device)
         adv = (adv + (2 * noise - 1) * eps).clamp(0, 1)
     for _ in range(steps):
         adv.requires_grad_(True)
