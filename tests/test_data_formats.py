@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
-import io
 import pickle
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -15,37 +12,7 @@ from PIL import Image
 
 from menet.data import DatasetError, load_dataset
 from menet.data.cifar import BATCHES, FOLDER
-
-
-def cifar_batch(n: int, seed: int) -> tuple[np.ndarray, list[int], bytes]:
-    """An official-format batch: dict with b"data" (n x 3072 uint8, R, G, B planes) and b"labels"."""
-    rng = np.random.default_rng(seed)
-    data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
-    labels = rng.integers(0, 10, n).tolist()
-    batch = {b"batch_label": b"testing batch", b"labels": labels, b"data": data,
-             b"filenames": [f"img_{i}.png".encode() for i in range(n)]}
-    return data, labels, pickle.dumps(batch, protocol=2)
-
-
-def write_cifar(directory: Path, archive: bool) -> dict[str, tuple[np.ndarray, list[int]]]:
-    written = {}
-    members = {}
-    for seed, name in enumerate(BATCHES["train"] + BATCHES["test"]):
-        data, labels, content = cifar_batch(3, seed)
-        written[name] = (data, labels)
-        members[name] = content
-    members["batches.meta"] = pickle.dumps({b"label_names": [b"airplane"] * 10}, protocol=2)
-    if archive:
-        with tarfile.open(directory / "cifar-10-python.tar.gz", "w:gz") as tar:
-            for name, content in members.items():
-                info = tarfile.TarInfo(f"{FOLDER}/{name}")
-                info.size = len(content)
-                tar.addfile(info, io.BytesIO(content))
-    else:
-        (directory / FOLDER).mkdir()
-        for name, content in members.items():
-            (directory / FOLDER / name).write_bytes(content)
-    return written
+from official_files import write_cifar, write_svhn, write_tiny_imagenet
 
 
 @pytest.mark.parametrize("archive", [True, False])
@@ -103,15 +70,6 @@ def test_cifar10_truncated_batch(tmp_path):
         load_dataset("cifar10", "test", tmp_path, verify=False)
 
 
-def write_svhn(path: Path, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    x = rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8)
-    y = rng.integers(1, 11, (n, 1)).astype(np.uint8)  # 10 means digit 0
-    y[0, 0] = 10
-    scipy.io.savemat(path, {"X": x, "y": y})
-    return x, y
-
-
 def test_svhn_reads_exact_pixels_and_maps_label_10_to_0(tmp_path):
     x, y = write_svhn(tmp_path / "test_32x32.mat", 6, 0)
     data = load_dataset("svhn", "test", tmp_path, verify=False)
@@ -130,24 +88,6 @@ def test_svhn_bad_files(tmp_path):
     scipy.io.savemat(tmp_path / "test_32x32.mat", {"X": np.zeros((32, 32, 3, 2), np.uint8), "y": np.ones((3, 1))})
     with pytest.raises(DatasetError, match="y must hold 2 labels"):
         load_dataset("svhn", "test", tmp_path, verify=False)
-
-
-def write_tiny_imagenet(root: Path) -> None:
-    rng = np.random.default_rng(0)
-    wnids = ["n01443537", "n01629819"]
-    (root / "val" / "images").mkdir(parents=True)
-    (root / "wnids.txt").write_text("\n".join(wnids) + "\n")
-    for wnid in wnids:
-        folder = root / "train" / wnid / "images"
-        folder.mkdir(parents=True)
-        for i in range(2):
-            Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / f"{wnid}_{i}.JPEG")
-    # One greyscale image, as in the real data set: must come back as RGB.
-    Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8), mode="L").save(root / "val" / "images" / "val_0.JPEG")
-    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(root / "val" / "images" / "val_1.JPEG")
-    (root / "val" / "val_annotations.txt").write_text(
-        "val_0.JPEG\tn01629819\t0\t0\t63\t63\nval_1.JPEG\tn01443537\t1\t2\t60\t61\n"
-    )
 
 
 def pillow_rgb(path: Path) -> np.ndarray:

@@ -3,27 +3,13 @@
 from __future__ import annotations
 
 import gzip
-import struct
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from menet.data import DatasetError, load_dataset
 from menet.data.idx import read_idx
-
-
-def write_idx(path: Path, array: np.ndarray, *, compress: bool, magic: int | None = None) -> None:
-    """The official IDX layout: big-endian magic 0x0000080D (D = dims), dims, uint8 payload."""
-    magic = 0x800 | array.ndim if magic is None else magic
-    content = struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
-    path.write_bytes(gzip.compress(content) if compress else content)
-
-
-def write_split(directory: Path, prefix: str, images: np.ndarray, labels: np.ndarray, compress: bool) -> None:
-    suffix = ".gz" if compress else ""
-    write_idx(directory / f"{prefix}-images-idx3-ubyte{suffix}", images, compress=compress)
-    write_idx(directory / f"{prefix}-labels-idx1-ubyte{suffix}", labels, compress=compress)
+from official_files import write_idx, write_split
 
 
 @pytest.fixture

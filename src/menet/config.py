@@ -63,6 +63,7 @@ class TrainConfig:
     amp: bool = False  # mixed precision for the network on CUDA (estimators stay float32)
     train_limit: int | None = None  # use only the first N training images (quick runs, tests)
     data_dir: str | None = None
+    verify_checksums: bool = True  # check the data files against the published checksums
     defense: DefenseConfig = field(default_factory=DefenseConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     model_options: dict[str, Any] = field(default_factory=dict)
@@ -88,6 +89,7 @@ class TrainConfig:
             ("masks", self.masks in MASK_STRATEGIES, f"one of {', '.join(MASK_STRATEGIES)}"),
             ("optimizer", self.optimizer in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
             ("amp", isinstance(self.amp, bool), "true or false"),
+            ("verify_checksums", isinstance(self.verify_checksums, bool), "true or false"),
             ("seed", _int(self.seed), "an int"),
             ("train_limit", self.train_limit is None or (_int(self.train_limit) and self.train_limit >= 1), "an int >= 1 or null"),
             ("defense.method", self.defense.method in ESTIMATORS, f"one of {', '.join(ESTIMATORS)}"),

@@ -142,7 +142,7 @@ def fit(
     """
     config.validate()
     run = Path(runs_dir) / config.name
-    data = load_dataset(config.dataset, "train", config.data_dir)
+    data = load_dataset(config.dataset, "train", config.data_dir, verify=config.verify_checksums)
     images, labels = data.images, data.labels
     if config.train_limit is not None:
         images, labels = images[: config.train_limit], labels[: config.train_limit]

@@ -1,0 +1,42 @@
+"""Every mode trains on every dataset, read from tiny files in the official formats."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from menet.config import config_from_dict
+from menet.training import fit, load_model
+from official_files import write_cifar, write_split, write_svhn, write_tiny_imagenet
+
+MODELS = {"mnist": "lenet", "cifar10": "resnet18", "svhn": "resnet18", "tiny-imagenet": "densenet121"}
+
+
+def write_dataset(name: str, directory):
+    directory.mkdir(parents=True)
+    if name == "mnist":
+        rng = np.random.default_rng(0)
+        write_split(directory, "train", rng.integers(0, 256, (8, 28, 28), dtype=np.uint8),
+                    rng.integers(0, 10, 8, dtype=np.uint8), compress=True)
+    elif name == "cifar10":
+        write_cifar(directory, archive=True)
+    elif name == "svhn":
+        write_svhn(directory / "train_32x32.mat", 8, 0)
+    else:
+        write_tiny_imagenet(directory / "tiny-imagenet-200")
+
+
+@pytest.mark.parametrize("dataset", sorted(MODELS))
+@pytest.mark.parametrize("mode", ["vanilla", "menet", "menet-adv", "madry"])
+def test_mode_trains_on_dataset(tmp_path, dataset, mode):
+    write_dataset(dataset, tmp_path / "data")
+    config = config_from_dict({
+        "name": "run", "dataset": dataset, "model": MODELS[dataset], "mode": mode, "epochs": 1,
+        "batch_size": 4, "train_limit": 8, "lr": 0.01, "lr_milestones": [], "data_dir": str(tmp_path / "data"),
+        "verify_checksums": False, "defense": {"method": "usvt", "n_masks": 1},
+        "attack": {"eps": 0.03, "step": 0.01, "steps": 1},
+    })
+    history = fit(config, tmp_path / "runs")
+    assert len(history) == 1 and np.isfinite(history[0]["loss"])
+    model = load_model(tmp_path / "runs" / "run")
+    assert model is not None
