@@ -17,7 +17,6 @@ import time
 
 import tempfile
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
