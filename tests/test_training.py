@@ -35,6 +35,7 @@ def test_loss_falls_and_run_files_are_written(tmp_path, mode):
     assert [r["lr"] for r in history] == pytest.approx([0.05, 0.05, 0.005])  # divided after 2 epochs
     model = load_model(run)
     assert isinstance(model, MENet) == mode.startswith("menet")
+    assert "p_infer: 0.95" in (run / "config.yaml").read_text()  # mean of p_k = 0.9, 1.0
     if isinstance(model, MENet):
         assert model.preprocess.p == pytest.approx(0.95)  # mean of p_k = 0.9, 1.0
 

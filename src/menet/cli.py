@@ -65,6 +65,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     overrides = list(args.set or [])
     if args.name:
         overrides.append(f"name={args.name}")
+    if args.masks:
+        overrides.append(f"masks={args.masks}")
+    if args.amp:
+        overrides.append("amp=true")
     config = config_from_dict(apply_overrides(data, overrides))
     config.validate()
     torch.manual_seed(config.seed)
@@ -113,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--name", help="run name (runs/NAME)")
     train.add_argument("--runs", default="runs", help="directory holding the runs (default: runs)")
     train.add_argument("--resume", action="store_true", help="continue from runs/NAME/last.pt")
+    train.add_argument("--masks", choices=["fresh", "cached"], help="ME-Net masks: new every epoch, or "
+                       "reconstructions built once and stored under RUNS/cache/ (the paper's way)")
+    train.add_argument("--amp", action="store_true", help="mixed precision for the network on CUDA")
     train.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: CUDA if available; "
                        "under torchrun each rank takes its local GPU)")
     train.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 import torch
@@ -141,6 +141,8 @@ def fit(
     test hook standing in for a kill).
     """
     config.validate()
+    # The inference keep-probability (default: mean of the training ones) is saved with the run.
+    config = replace(config, defense=replace(config.defense, p_infer=config.defense.inference_p()))
     run = Path(runs_dir) / config.name
     data = load_dataset(config.dataset, "train", config.data_dir, verify=config.verify_checksums)
     images, labels = data.images, data.labels
