@@ -152,8 +152,9 @@ def fit(
     if not place.is_main:
         progress = _identity
 
-    torch.manual_seed(config.seed)
-    core = build_model_for_dataset(config.model, config.dataset, **config.model_options)
+    with torch.random.fork_rng(devices=[]):  # seeded initial weights, global RNG untouched
+        torch.manual_seed(config.seed)
+        core = build_model_for_dataset(config.model, config.dataset, **config.model_options)
     optimizer = _optimizer(config, core)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.lr_milestones), config.lr_gamma)
     history: list[dict[str, float]] = []
