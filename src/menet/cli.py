@@ -38,9 +38,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_data_info(args: argparse.Namespace) -> int:
     from menet.data.info import dataset_report
 
-    report = dataset_report(args.name, args.data_dir)
+    report, ok = dataset_report(args.name, args.data_dir)
     print(report)
-    return 1 if "error:" in report else 0
+    return 0 if ok else 1
 
 
 def _cmd_models(args: argparse.Namespace) -> int:

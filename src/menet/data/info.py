@@ -18,27 +18,32 @@ def _files(directory: Path, limit: int = 20) -> list[str]:
     return entries[:limit] + ([f"  ... {len(entries) - limit} more"] if len(entries) > limit else [])
 
 
-def dataset_report(name: str, data_dir: str | Path | None = None) -> str:
-    """Where ``name`` is looked for, the files there, and whether each split loads and verifies."""
+def dataset_report(name: str, data_dir: str | Path | None = None) -> tuple[str, bool]:
+    """Where ``name`` is looked for, the files there, and whether each split loads and verifies.
+
+    Returns the report and whether every split loaded.
+    """
     spec = get_dataset_spec(name)
     c, h, w = spec.image_shape
     lines = [f"{name}: {c} x {h} x {w} images, {spec.num_classes} classes; official files: {spec.source}"]
     try:
         directory = resolve_data_dir(name, data_dir)
     except DatasetError as err:
-        return "\n".join([*lines, f"error: {err}"])
+        return "\n".join([*lines, f"error: {err}"]), False
     lines.append(f"looked in: {directory}" + ("" if directory.is_dir() else "  (does not exist)"))
     if directory.is_dir():
         lines += _files(directory)
+    ok = True
     for split in SPLITS:
         try:
             data = load_dataset(name, split, directory, verify=True)
         except DatasetError as err:
             lines.append(f"{split}: error: {err}")
+            ok = False
             continue
         size_mb = data.images.numel() / 2**20
         lines.append(
             f"{split}: {data.images.shape[0]:,} images ({size_mb:,.1f} MiB as uint8), checksums ok "
             "where published"
         )
-    return "\n".join(lines)
+    return "\n".join(lines), ok
