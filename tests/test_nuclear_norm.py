@@ -64,3 +64,14 @@ def test_unobserved_entries_do_not_matter():
     mask = torch.from_numpy(bernoulli_mask(tuple(a.shape), 0.4, seed=28))
     garbage = torch.where(mask, a, torch.full_like(a, float("nan")))
     assert torch.equal(nuclear_norm(garbage, mask), nuclear_norm(a, mask))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("p", [0.3, 0.5, 0.7, 0.9])
+def test_objective_gap_on_many_real_images_slow(fashion_matrices, p):
+    """The default stopping rule keeps the relative objective gap below 1e-4 on 16 real images."""
+    a = fashion_matrices[:16].numpy()
+    mask = bernoulli_mask(a.shape, p, seed=30)
+    ref = nuclear_norm_reference(a, mask, **REFERENCE)
+    got = nuclear_norm(torch.from_numpy(a).float(), torch.from_numpy(mask)).numpy()
+    assert relative_gap(got, ref, a, mask, 1.0).max() < 1e-4
