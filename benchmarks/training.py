@@ -13,19 +13,18 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
-
 import tempfile
+import time
 
 import torch
 import torch.nn.functional as F
 
 from menet.config import config_from_dict
 from menet.data import load_dataset
-from menet.models import build_model_for_dataset
 from menet.estimation.layout import images_to_matrices
 from menet.estimation.reference import nuclear_norm_reference
 from menet.masking import random_mask
+from menet.models import build_model_for_dataset
 from menet.recon_cache import cached_reconstructions
 from menet.training import _training_inputs, build_defense
 

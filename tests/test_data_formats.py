@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
+from official_files import write_cifar, write_svhn, write_tiny_imagenet
 from PIL import Image
 
 from menet.data import DatasetError, load_dataset
 from menet.data.cifar import BATCHES, FOLDER
-from official_files import write_cifar, write_svhn, write_tiny_imagenet
 
 
 @pytest.mark.parametrize("archive", [True, False])

@@ -6,10 +6,10 @@ import gzip
 
 import numpy as np
 import pytest
+from official_files import write_idx, write_split
 
 from menet.data import DatasetError, load_dataset
 from menet.data.idx import read_idx
-from official_files import write_idx, write_split
 
 
 @pytest.fixture

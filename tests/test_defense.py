@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from menet.defense import MENet, MatrixEstimation
+from menet.defense import MatrixEstimation, MENet
 from menet.estimation.reference import usvt_reference
 
 

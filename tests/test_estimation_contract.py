@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import bernoulli_mask, low_rank_plus_noise
 
 import menet.estimation._batching as batching
-from conftest import bernoulli_mask, low_rank_plus_noise
 from menet.estimation import ESTIMATORS, get_estimator
 
 METHODS = sorted(ESTIMATORS)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import bernoulli_mask, low_rank_plus_noise
+
 from menet.estimation import nuclear_norm
 from menet.estimation.reference import nuclear_norm_objective, nuclear_norm_reference
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import bernoulli_mask, low_rank_plus_noise
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import bernoulli_mask, low_rank_plus_noise
 from menet.estimation import soft_impute
 from menet.estimation.reference import soft_impute_reference
 

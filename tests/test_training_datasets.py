@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from official_files import write_cifar, write_split, write_svhn, write_tiny_imagenet
 
 from menet.config import config_from_dict
 from menet.training import fit, load_model
-from official_files import write_cifar, write_split, write_svhn, write_tiny_imagenet
 
 MODELS = {"mnist": "lenet", "cifar10": "resnet18", "svhn": "resnet18", "tiny-imagenet": "densenet121"}
 

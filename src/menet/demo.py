@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from menet.defense import MatrixEstimation
 from menet.estimation.layout import matrices_to_images
 from menet.figures.demo import plot_rank_distribution, plot_reconstruction_grid
 from menet.io import write_text_atomic
+from menet.progress import Progress, no_progress
 
 DEMO_PS = (0.2, 0.4, 0.6, 0.8, 1.0)
 DEMO_METHODS = ("usvt", "softimpute", "nucnorm")
@@ -28,9 +28,6 @@ class ReconstructionRow:
     images_per_s: float
 
 
-def _identity(items: Iterable, **_: object) -> Iterable:
-    return items
-
 
 def run_demo(
     out_dir: str | Path = "runs/demo",
@@ -40,7 +37,7 @@ def run_demo(
     n_images: int = 256,
     n_examples: int = 3,
     seed: int = 0,
-    progress: Callable[..., Iterable] = _identity,
+    progress: Progress = no_progress,
 ) -> tuple[list[ReconstructionRow], dict[str, float]]:
     """Write the reconstruction grid, the rank figure and a summary table into ``out_dir``.
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from menet.config import TrainConfig
 from menet.data import to_float
 from menet.defense import MatrixEstimation
 from menet.io import atomic_path
+from menet.progress import Progress, no_progress
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
@@ -36,12 +36,9 @@ def cache_key(config: TrainConfig, images: torch.Tensor) -> str:
         "method": d.method, "layout": d.layout, "options": d.options, "ps": d.train_ps(), "seed": config.seed,
     }
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    digest.update(images.numpy().tobytes())
+    digest.update(images.contiguous().numpy())  # buffer protocol: no copy of the data
     return digest.hexdigest()[:20]
 
-
-def _identity(items: Iterable, **_: object) -> Iterable:
-    return items
 
 
 def cached_reconstructions(
@@ -49,7 +46,7 @@ def cached_reconstructions(
     images: torch.Tensor,
     cache_dir: str | Path,
     *,
-    progress: Callable[..., Iterable] = _identity,
+    progress: Progress = no_progress,
 ) -> np.ndarray:
     """Memory-mapped uint8 (n_masks, N, C, H, W) reconstructions, built once per settings.
 

@@ -17,14 +17,12 @@ import csv
 import io
 import json
 import logging
-import time
-from collections.abc import Callable, Iterable
-from pathlib import Path
-from typing import Any
-
 import os
+import time
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -33,13 +31,19 @@ import yaml
 from torch import nn
 
 from menet.attacks import pgd_linf
-from menet.checkpoint import CheckpointError, load_state_into, load_weights_only, save_atomic
+from menet.checkpoint import (
+    CheckpointError,
+    load_state_into,
+    load_weights_only,
+    save_atomic,
+)
 from menet.config import TrainConfig, config_from_dict
 from menet.data import augment, get_dataset_spec, load_dataset, to_float
 from menet.defense import MatrixEstimation, MENet
 from menet.io import write_text_atomic
-from menet.recon_cache import cached_reconstructions
 from menet.models import build_model_for_dataset
+from menet.progress import Progress, no_progress
+from menet.recon_cache import cached_reconstructions
 
 log = logging.getLogger(__name__)
 HISTORY_FIELDS = ("epoch", "loss", "accuracy", "lr", "seconds", "images_per_s")
@@ -57,9 +61,6 @@ def build_defense(config: TrainConfig, p: float | None = None, generator: torch.
     d = config.defense
     return MatrixEstimation(d.method, p=d.inference_p() if p is None else p, layout=d.layout, generator=generator, **d.options)
 
-
-def _identity(items: Iterable, **_: Any) -> Iterable:
-    return items
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ def fit(
     *,
     resume: bool = False,
     device: str | None = None,
-    progress: Callable[..., Iterable] = _identity,
+    progress: Progress = no_progress,
     stop_after_steps: int | None = None,
 ) -> list[dict[str, float]]:
     """Train per ``config`` into ``runs_dir/config.name``; returns the history rows.
@@ -150,7 +151,7 @@ def fit(
         images, labels = images[: config.train_limit], labels[: config.train_limit]
     place = setup_distributed(device)
     if not place.is_main:
-        progress = _identity
+        progress = no_progress
 
     with torch.random.fork_rng(devices=[]):  # seeded initial weights, global RNG untouched
         torch.manual_seed(config.seed)

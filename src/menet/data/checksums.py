@@ -42,6 +42,12 @@ def file_md5(path: Path) -> str:
     return digest.hexdigest()
 
 
+def require_md5(source: str, actual: str, expected: str) -> None:
+    """Raise DatasetError naming ``source`` unless the MD5 ``actual`` equals ``expected``."""
+    if actual != expected:
+        raise DatasetError(f"{source}: checksum mismatch: expected MD5 {expected}, found {actual}")
+
+
 def verify_content(dataset: str, path: Path, content: bytes) -> str:
     """Check ``path`` (whose decompressed bytes are ``content``) against published checksums.
 

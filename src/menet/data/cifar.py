@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from menet.data.checksums import file_md5, require_md5
 from menet.data.errors import DatasetError
 from menet.data.mnist import ImageSet
 
@@ -87,9 +88,7 @@ def _parse_batch(content: bytes, source: str) -> tuple[np.ndarray, np.ndarray]:
 def _check_md5(name: str, content: bytes, source: str, verify: bool) -> None:
     expected = BATCH_MD5.get(name)
     if verify and expected is not None:
-        actual = hashlib.md5(content).hexdigest()
-        if actual != expected:
-            raise DatasetError(f"{source}: checksum mismatch: expected MD5 {expected}, found {actual}")
+        require_md5(source, hashlib.md5(content).hexdigest(), expected)
 
 
 def _read_members(directory: Path, names: list[str], verify: bool) -> dict[str, tuple[bytes, str]]:
@@ -104,11 +103,7 @@ def _read_members(directory: Path, names: list[str], verify: bool) -> dict[str, 
             f"get the official file from {SOURCE} and point --data-dir or MENET_DATA_DIR at its directory"
         )
     if verify:
-        from menet.data.checksums import file_md5
-
-        actual = file_md5(archive)
-        if actual != ARCHIVE_MD5:
-            raise DatasetError(f"{archive}: checksum mismatch: expected MD5 {ARCHIVE_MD5}, found {actual}")
+        require_md5(str(archive), file_md5(archive), ARCHIVE_MD5)
     out = {}
     try:
         with tarfile.open(archive, "r:gz") as tar:

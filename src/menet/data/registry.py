@@ -9,6 +9,7 @@ from pathlib import Path
 
 from menet.data import cifar, svhn, tiny_imagenet
 from menet.data.errors import DatasetError
+from menet.data.mnist import SOURCES as IDX_SOURCES
 from menet.data.mnist import ImageSet, load_idx_dataset
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -38,9 +39,9 @@ def _idx_reader(name: str) -> Callable[[str, Path, bool], ImageSet]:
 _SPECS = (
     # Madry et al.'s MNIST setting: raw [0, 1] pixels, no augmentation.
     DatasetSpec("mnist", (1, 28, 28), 10, (0.0,), (1.0,), 0, False, _idx_reader("mnist"),
-                "http://yann.lecun.com/exdb/mnist/"),
+                IDX_SOURCES["mnist"]),
     DatasetSpec("fashion-mnist", (1, 28, 28), 10, (0.0,), (1.0,), 0, False, _idx_reader("fashion-mnist"),
-                "Debian package dataset-fashion-mnist, or github.com/zalandoresearch/fashion-mnist"),
+                IDX_SOURCES["fashion-mnist"]),
     DatasetSpec("cifar10", (3, 32, 32), 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 4, True,
                 cifar.load_cifar10, cifar.SOURCE),
     # Digits: no flip (a mirrored digit is another symbol).

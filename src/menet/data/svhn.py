@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from menet.data.checksums import file_md5
+from menet.data.checksums import file_md5, require_md5
 from menet.data.errors import DatasetError
 from menet.data.mnist import ImageSet
 
@@ -33,9 +33,7 @@ def load_svhn(split: str, directory: Path, verify: bool = True) -> ImageSet:
         size, expected_size = path.stat().st_size, SIZES.get(name)
         if expected_size is not None and size != expected_size:
             raise DatasetError(f"{path}: size {size:,} bytes, expected {expected_size:,}: truncated or not the official file")
-        actual = file_md5(path)
-        if actual != MD5[name]:
-            raise DatasetError(f"{path}: checksum mismatch: expected MD5 {MD5[name]}, found {actual}")
+        require_md5(str(path), file_md5(path), MD5[name])
     try:
         mat = scipy.io.loadmat(path, variable_names=["X", "y"])
     except Exception as err:  # scipy raises many types for damaged files

@@ -12,7 +12,11 @@ from menet.estimation._batching import (
     map_matrices,
     zero_fill,
 )
-from menet.estimation.spectral import singular_values, soft_threshold_weights, spectral_filter
+from menet.estimation.spectral import (
+    singular_values,
+    soft_threshold_weights,
+    spectral_filter,
+)
 
 # fancyimpute's guard for a vanishing norm of the old unobserved values.
 _F32_EPS = float(torch.finfo(torch.float32).eps)

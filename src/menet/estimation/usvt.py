@@ -5,7 +5,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from menet.estimation._batching import check_matrices, check_positive, map_matrices, zero_fill
+from menet.estimation._batching import (
+    check_matrices,
+    check_positive,
+    map_matrices,
+    zero_fill,
+)
 from menet.estimation.spectral import spectral_filter
 
 
