@@ -44,3 +44,16 @@ def test_data_info_reports_files_and_status(capsys, tmp_path):
 def test_unknown_dataset_is_a_clear_error(capsys):
     assert main(["data", "info", "imagenet"]) == 2
     assert "valid: mnist, fashion-mnist, cifar10, svhn, tiny-imagenet" in capsys.readouterr().err
+
+
+def test_ensure_data_script_explains_a_wrong_data_dir(tmp_path):
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "ensure-data.sh"
+    result = subprocess.run(["bash", str(script)], env={"PATH": "/usr/bin:/bin", "MENET_DATA_DIR": str(tmp_path)},
+                            capture_output=True, text=True)
+    assert result.returncode == 1
+    assert f"MENET_DATA_DIR={tmp_path} does not hold the Fashion-MNIST IDX files" in result.stderr
+    ok = subprocess.run(["bash", str(script)], env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
+    assert ok.returncode == 0  # the built-in data is installed (make test made sure of it)

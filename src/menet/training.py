@@ -24,6 +24,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -125,6 +126,25 @@ def _optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
+@dataclass
+class _Setup:
+    """Everything an epoch needs, built once per fit."""
+
+    config: TrainConfig
+    place: Distributed
+    core: nn.Module  # the network itself (attacked, saved)
+    model: nn.Module  # what is trained: the network, or its DDP wrapper
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    use_amp: bool
+    defense: MatrixEstimation | None
+    images: torch.Tensor  # uint8 (N, C, H, W) on the CPU
+    labels: torch.Tensor
+    cache: np.ndarray | None  # cached reconstructions (n_masks, N, C, H, W), or None
+    ps: torch.Tensor  # training keep-probabilities p_k
+    n_copies: int  # samples per image and epoch (n_masks in menet mode, else 1)
+
+
 def fit(
     config: TrainConfig,
     runs_dir: str | Path = "runs",
@@ -161,14 +181,7 @@ def fit(
     history: list[dict[str, float]] = []
     start_epoch = 0
     if resume:
-        state = load_weights_only(run / "last.pt")
-        if state.get("config") != config.to_dict():
-            raise CheckpointError(f"{run / 'last.pt'}: saved with a different config; resume needs the same settings")
-        load_state_into(core, state["model"], str(run / "last.pt"), config.model)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        history = [dict(row) for row in state["history"]]
-        start_epoch = int(state["epoch"])
+        history, start_epoch = _restore(run / "last.pt", config, core, optimizer, scheduler)
     elif place.is_main:
         write_text_atomic(run / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
 
@@ -182,11 +195,8 @@ def fit(
     use_amp = config.amp and place.device.type == "cuda"
     if config.amp and not use_amp:
         log.warning("amp is CUDA-only: training in float32 on %s", place.device)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
     ps = torch.tensor(config.defense.train_ps(), dtype=torch.float32)
-    n_copies = len(ps) if config.mode == "menet" else 1
-    defense = build_defense(config) if config.mode in ("menet", "menet-adv") else None
     cache = None
     if config.mode == "menet" and config.masks == "cached":
         if place.is_main:
@@ -194,42 +204,15 @@ def fit(
         if place.world > 1:
             dist.barrier()
             cache = cached_reconstructions(config, images, Path(runs_dir) / "cache")
-    steps = 0
+    setup = _Setup(
+        config, place, core, model, optimizer, torch.amp.GradScaler("cuda", enabled=use_amp), use_amp,
+        build_defense(config) if config.mode in ("menet", "menet-adv") else None,
+        images, labels, cache, ps, len(ps) if config.mode == "menet" else 1,
+    )
+    steps_left = stop_after_steps
     for epoch in range(start_epoch, config.epochs):
-        gen = _epoch_generator(config.seed, epoch)
-        if defense is not None:
-            defense.generator = gen
-        model.train()
-        order = torch.randperm(len(images) * n_copies, generator=gen)
-        batches = [b for b in order.split(config.batch_size) if len(b) >= place.world]
-        totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, seen (this rank)
         started = time.perf_counter()
-        bar = progress(batches, desc=f"epoch {epoch + 1}/{config.epochs}", total=len(batches))
-        for global_batch in bar:
-            batch = global_batch.tensor_split(place.world)[place.rank]
-            copy, index = batch // len(images), batch % len(images)
-            raw = images[index] if cache is None else torch.from_numpy(cache[copy.numpy(), index.numpy()])
-            y = labels[index].to(place.device)
-            x = _training_inputs(config, core, defense, raw, y, ps[copy], gen, place.device)
-            with torch.autocast(place.device.type, dtype=torch.float16, enabled=use_amp):
-                logits = model(x)
-                loss_sum = F.cross_entropy(logits.float(), y, reduction="sum")
-            # DDP averages gradients over ranks: scale so the result is the global-batch mean.
-            loss = loss_sum * (place.world / len(global_batch))
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            totals += torch.tensor([loss_sum.item(), (logits.argmax(1) == y).sum().item(), len(y)], dtype=torch.float64)
-            if hasattr(bar, "set_postfix"):
-                rate = totals[2].item() * place.world / max(time.perf_counter() - started, 1e-9)
-                bar.set_postfix(loss=f"{totals[0].item() / totals[2].item():.3f}",
-                                acc=f"{totals[1].item() / totals[2].item():.3f}", img_s=f"{rate:.0f}")
-            steps += 1
-            if stop_after_steps is not None and steps >= stop_after_steps:
-                raise TrainingInterrupted(f"stopped after {steps} steps (test hook)")
-        if place.world > 1:
-            dist.all_reduce(totals)
+        totals, steps_left = _train_epoch(setup, epoch, progress, steps_left)
         seconds = time.perf_counter() - started
         seen = max(totals[2].item(), 1.0)
         history.append({
@@ -241,10 +224,64 @@ def fit(
             _write_epoch(run, core, optimizer, scheduler, epoch + 1, history, config)
         log.info("epoch %d: loss %.4f accuracy %.4f", epoch + 1, history[-1]["loss"], history[-1]["accuracy"])
     if place.is_main and not (run / "model.pt").exists():  # zero epochs: still leave a loadable model
-        save_atomic(core.state_dict(), run / "model.pt")
+        save_atomic(_cpu(core.state_dict()), run / "model.pt")
     if place.world > 1:
         dist.barrier()
     return history
+
+
+def _restore(path: Path, config: TrainConfig, core: nn.Module, optimizer: torch.optim.Optimizer,
+             scheduler: Any) -> tuple[list[dict[str, float]], int]:
+    """Load last.pt into the model, optimiser and scheduler; return (history, next epoch)."""
+    state = load_weights_only(path)
+    if state.get("config") != config.to_dict():
+        raise CheckpointError(f"{path}: saved with a different config; resume needs the same settings")
+    load_state_into(core, state["model"], str(path), config.model)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return [dict(row) for row in state["history"]], int(state["epoch"])
+
+
+def _train_epoch(s: _Setup, epoch: int, progress: Progress, steps_left: int | None) -> tuple[torch.Tensor, int | None]:
+    """One pass over the (image, mask) samples; returns (loss sum, correct, seen) summed over
+    ranks, and the remaining test-hook step budget."""
+    config, place = s.config, s.place
+    gen = _epoch_generator(config.seed, epoch)
+    if s.defense is not None:
+        s.defense.generator = gen
+    s.model.train()
+    order = torch.randperm(len(s.images) * s.n_copies, generator=gen)
+    batches = [b for b in order.split(config.batch_size) if len(b) >= place.world]
+    totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, seen (this rank)
+    started = time.perf_counter()
+    bar = progress(batches, desc=f"epoch {epoch + 1}/{config.epochs}", total=len(batches))
+    for global_batch in bar:
+        batch = global_batch.tensor_split(place.world)[place.rank]
+        copy, index = batch // len(s.images), batch % len(s.images)
+        raw = s.images[index] if s.cache is None else torch.from_numpy(s.cache[copy.numpy(), index.numpy()])
+        y = s.labels[index].to(place.device)
+        x = _training_inputs(config, s.core, s.defense, raw, y, s.ps[copy], gen, place.device)
+        with torch.autocast(place.device.type, dtype=torch.float16, enabled=s.use_amp):
+            logits = s.model(x)
+            loss_sum = F.cross_entropy(logits.float(), y, reduction="sum")
+        # DDP averages gradients over ranks: scale so the result is the global-batch mean.
+        loss = loss_sum * (place.world / len(global_batch))
+        s.optimizer.zero_grad(set_to_none=True)
+        s.scaler.scale(loss).backward()
+        s.scaler.step(s.optimizer)
+        s.scaler.update()
+        totals += torch.tensor([loss_sum.item(), (logits.argmax(1) == y).sum().item(), len(y)], dtype=torch.float64)
+        if hasattr(bar, "set_postfix"):
+            rate = totals[2].item() * place.world / max(time.perf_counter() - started, 1e-9)
+            bar.set_postfix(loss=f"{totals[0].item() / totals[2].item():.3f}",
+                            acc=f"{totals[1].item() / totals[2].item():.3f}", img_s=f"{rate:.0f}")
+        if steps_left is not None:
+            steps_left -= 1
+            if steps_left <= 0:
+                raise TrainingInterrupted("stopped by the stop_after_steps test hook")
+    if place.world > 1:
+        dist.all_reduce(totals)
+    return totals, steps_left
 
 
 def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
