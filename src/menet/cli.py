@@ -89,6 +89,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `menet` command and its subcommands."""
     parser = argparse.ArgumentParser(prog="menet", description="ME-Net: matrix-estimation defense")
     parser.add_argument("--version", action="version", version=f"menet {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log library messages")
@@ -131,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `menet`: returns the exit status (2 for bad input, with a one-line error)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     try:

@@ -20,6 +20,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DefenseConfig:
+    """ME-Net preprocessing: method, layout, training keep-probabilities and inference p."""
+
     method: str = "nucnorm"
     layout: str = "concat"
     p_start: float = 0.8  # keep-probabilities of the n training masks: p_k = p_start + k (p_end - p_start) / n
@@ -39,6 +41,8 @@ class DefenseConfig:
 
 @dataclass(frozen=True)
 class AttackConfig:
+    """The L-inf PGD used by adversarial training (BPDA through the defense in menet-adv)."""
+
     eps: float = 8 / 255
     step: float = 2 / 255
     steps: int = 7
@@ -46,6 +50,8 @@ class AttackConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """Everything that defines a training run; saved as runs/NAME/config.yaml."""
+
     name: str
     dataset: str = "fashion-mnist"
     model: str = "lenet"

@@ -22,6 +22,8 @@ DEMO_METHODS = ("usvt", "softimpute", "nucnorm")
 
 @dataclass(frozen=True)
 class ReconstructionRow:
+    """One line of the demo table."""
+
     method: str
     p: float
     mse: float  # mean squared error to the original, pixels in [0, 1]

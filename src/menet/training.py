@@ -59,6 +59,7 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 def build_defense(config: TrainConfig, p: float | None = None, generator: torch.Generator | None = None) -> MatrixEstimation:
+    """The run's MatrixEstimation at keep-probability ``p`` (default: the inference p)."""
     d = config.defense
     return MatrixEstimation(d.method, p=d.inference_p() if p is None else p, layout=d.layout, generator=generator, **d.options)
 

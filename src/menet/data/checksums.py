@@ -35,6 +35,7 @@ CONTENT_SHA256: dict[str, dict[str, str]] = {
 
 
 def file_md5(path: Path) -> str:
+    """Hex MD5 of a file, read in 1 MiB blocks."""
     digest = hashlib.md5()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

@@ -18,6 +18,8 @@ DATA_DIR_ENV = "MENET_DATA_DIR"
 
 @dataclass(frozen=True)
 class DatasetSpec:
+    """What menet knows of a dataset: shape, classes, normalisation, augmentation, reader."""
+
     name: str
     image_shape: tuple[int, int, int]  # (C, H, W)
     num_classes: int

@@ -65,6 +65,7 @@ def check_matrices(a: Tensor, mask: Tensor) -> None:
 
 
 def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+    """Raise ValueError unless ``value`` is a finite number > 0 (>= 0 with ``allow_zero``)."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and (value >= 0 if allow_zero else value > 0)
     if not ok:
@@ -73,6 +74,7 @@ def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None
 
 
 def check_max_iters(max_iters: int) -> None:
+    """Raise ValueError unless ``max_iters`` is a positive int."""
     if not isinstance(max_iters, int) or isinstance(max_iters, bool) or max_iters < 1:
         raise ValueError(f"max_iters must be a positive int, got {max_iters!r}")
 

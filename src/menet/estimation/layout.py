@@ -8,6 +8,7 @@ LAYOUTS = ("concat", "separate")
 
 
 def check_layout(layout: str) -> None:
+    """Raise ValueError for an unknown layout, listing the valid ones."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; valid: {', '.join(LAYOUTS)}")
 

@@ -10,6 +10,8 @@ from menet.models.registry import register_model
 
 
 class DenseLayer(nn.Module):
+    """BN-ReLU-conv1x1 (bottleneck) then BN-ReLU-conv3x3; output concatenated to the input."""
+
     def __init__(self, in_features: int, growth: int, bottleneck: int) -> None:
         super().__init__()
         self.block = nn.Sequential(
@@ -22,6 +24,7 @@ class DenseLayer(nn.Module):
 
 
 def transition(in_features: int, out_features: int) -> nn.Sequential:
+    """BN-ReLU-conv1x1 compression, then 2 x 2 average pooling."""
     return nn.Sequential(
         nn.BatchNorm2d(in_features), nn.ReLU(), nn.Conv2d(in_features, out_features, 1, bias=False), nn.AvgPool2d(2)
     )

@@ -9,6 +9,8 @@ from menet.models.registry import register_model
 
 
 class BasicBlock(nn.Module):
+    """Two 3x3 conv-BN layers with an identity (or 1x1 conv-BN) shortcut."""
+
     def __init__(self, in_planes: int, planes: int, stride: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
@@ -26,6 +28,7 @@ class BasicBlock(nn.Module):
 
 
 def resnet_body(blocks: list[int], in_channels: int) -> nn.Sequential:
+    """3x3 stem and four stages of BasicBlocks (64, 128, 256, 512 planes), pooled to (N, 512)."""
     layers: list[nn.Module] = [nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU()]
     in_planes = 64
     for i, count in enumerate(blocks):

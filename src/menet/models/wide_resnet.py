@@ -11,6 +11,8 @@ from menet.models.registry import register_model
 
 
 class WideBlock(nn.Module):
+    """Pre-activation wide block: BN-ReLU-conv3x3, (dropout), BN-ReLU-conv3x3, plus shortcut."""
+
     def __init__(self, in_planes: int, planes: int, stride: int, dropout: float) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_planes)
