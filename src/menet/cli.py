@@ -70,7 +70,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.amp:
         overrides.append("amp=true")
     config = config_from_dict(apply_overrides(data, overrides))
-    config.validate()
     torch.manual_seed(config.seed)
     history = fit(
         config,

@@ -105,6 +105,10 @@ class MatrixEstimation(nn.Module):
         expected = matrix_mask_shape(tuple(images.shape), self.layout)
         if tuple(mask.shape) != expected:
             raise ValueError(f"mask must have shape {expected} for layout {self.layout!r}, got {tuple(mask.shape)}")
+        return self._estimate(images, mask)
+
+    def _estimate(self, images: Tensor, mask: Tensor) -> Tensor:
+        """reconstruct() without the input checks (the caller has made them)."""
         # Estimators run in float32 (or float64 when given float64), also under autocast.
         work_dtype = torch.float64 if images.dtype == torch.float64 else torch.float32
         with torch.autocast(images.device.type, enabled=False):
@@ -125,7 +129,7 @@ class MatrixEstimation(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         """Masked-and-reconstructed images, (N, C, H, W) in [0, 1]; a fresh mask per call."""
         check_images(images)
-        return self.reconstruct(images, self.draw_mask(images))
+        return self._estimate(images, self.draw_mask(images))
 
 
 class MENet(nn.Module):

@@ -63,11 +63,11 @@ def cached_reconstructions(
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(ps), *images.shape))
+        estimators = [MatrixEstimation(d.method, p=p, layout=d.layout, generator=generator, **d.options) for p in ps]
         jobs = [(k, s) for k in range(len(ps)) for s in range(0, len(images), BUILD_BATCH)]
         for k, start in progress(jobs, desc="reconstruct training set", total=len(jobs)):
-            me = MatrixEstimation(d.method, p=ps[k], layout=d.layout, generator=generator, **d.options)
             x = to_float(images[start : start + BUILD_BATCH])
-            recon = me(x)
+            recon = estimators[k](x)
             out[k, start : start + len(x)] = (recon * 255).round().to(torch.uint8).numpy()
         out.flush()
         del out

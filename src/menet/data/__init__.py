@@ -2,7 +2,8 @@
 
 from menet.data.augment import augment, iterate_batches, random_crop, random_flip, to_float
 from menet.data.errors import DatasetError
-from menet.data.mnist import ImageSet, load_idx_dataset
+from menet.data.imageset import ImageSet
+from menet.data.mnist import load_idx_dataset
 from menet.data.registry import DATASETS, DatasetSpec, get_dataset_spec, load_dataset, resolve_data_dir
 
 __all__ = [

@@ -49,8 +49,8 @@ def require_md5(source: str, actual: str, expected: str) -> None:
         raise DatasetError(f"{source}: checksum mismatch: expected MD5 {expected}, found {actual}")
 
 
-def verify_content(dataset: str, path: Path, content: bytes) -> str:
-    """Check ``path`` (whose decompressed bytes are ``content``) against published checksums.
+def verify_content(dataset: str, path: Path, raw: bytes, content: bytes) -> str:
+    """Check ``path`` (its bytes ``raw``, decompressed ``content``) against published checksums.
 
     A .gz file passes on the official gz MD5 or on the decompressed SHA-256 (where published);
     a raw file on the SHA-256. Returns "md5 ok", "sha256 ok", or "unverified" when nothing is
@@ -63,7 +63,7 @@ def verify_content(dataset: str, path: Path, content: bytes) -> str:
     sha = CONTENT_SHA256.get(dataset, {}).get(stem)
     if md5 is None and sha is None:
         return "unverified"
-    actual_md5 = file_md5(path) if md5 is not None else None
+    actual_md5 = hashlib.md5(raw).hexdigest() if md5 is not None else None
     if md5 is not None and actual_md5 == md5:
         return "md5 ok"
     actual_sha = hashlib.sha256(content).hexdigest()

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from menet.data.checksums import file_md5, require_md5
+from menet.data.checksums import require_md5
 from menet.data.errors import DatasetError
-from menet.data.mnist import ImageSet
+from menet.data.imageset import ImageSet
 
 SOURCE = "https://www.cs.toronto.edu/~kriz/cifar.html (cifar-10-python.tar.gz)"
 ARCHIVE = "cifar-10-python.tar.gz"
@@ -102,11 +102,12 @@ def _read_members(directory: Path, names: list[str], verify: bool) -> dict[str, 
             f"cifar10: neither {directory / FOLDER}/ (with {', '.join(names)}) nor {archive} found; "
             f"get the official file from {SOURCE} and point --data-dir or MENET_DATA_DIR at its directory"
         )
+    raw = archive.read_bytes()
     if verify:
-        require_md5(str(archive), file_md5(archive), ARCHIVE_MD5)
+        require_md5(str(archive), hashlib.md5(raw).hexdigest(), ARCHIVE_MD5)
     out = {}
     try:
-        with tarfile.open(archive, "r:gz") as tar:
+        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:gz") as tar:
             for n in names:
                 member = tar.extractfile(f"{FOLDER}/{n}")  # read in memory: nothing is extracted
                 if member is None:

@@ -14,8 +14,8 @@ GZIP_MAGIC = b"\x1f\x8b"
 UBYTE = 0x08  # IDX type code for unsigned bytes, the only one MNIST-style files use
 
 
-def read_bytes(path: Path) -> bytes:
-    """The decompressed content of ``path`` (gzip detected by its magic bytes)."""
+def read_file(path: Path) -> tuple[bytes, bytes]:
+    """(raw bytes, decompressed content) of ``path`` (gzip detected by its magic bytes)."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -23,9 +23,9 @@ def read_bytes(path: Path) -> bytes:
     except OSError as err:
         raise DatasetError(f"{path}: cannot read ({err.strerror})") from None
     if raw[:2] != GZIP_MAGIC:
-        return raw
+        return raw, raw
     try:
-        return gzip.decompress(raw)
+        return raw, gzip.decompress(raw)
     except (EOFError, OSError, zlib.error) as err:
         raise DatasetError(f"{path}: corrupt or truncated gzip file ({err})") from None
 
@@ -59,4 +59,4 @@ def parse_idx(content: bytes, source: str, ndim: int) -> np.ndarray:
 def read_idx(path: str | Path, ndim: int) -> np.ndarray:
     """Read an IDX file (raw or .gz) with ``ndim`` dims (3 for images, 1 for labels) as uint8."""
     path = Path(path)
-    return parse_idx(read_bytes(path), str(path), ndim)
+    return parse_idx(read_file(path)[1], str(path), ndim)

@@ -7,16 +7,15 @@ recompressed the files (Debian's Fashion-MNIST package).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from menet.data.checksums import verify_content
 from menet.data.errors import DatasetError
-from menet.data.idx import parse_idx, read_bytes
+from menet.data.idx import parse_idx, read_file
+from menet.data.imageset import ImageSet
 
 SPLITS = {"train": "train", "test": "t10k"}
 SOURCES = {
@@ -26,14 +25,6 @@ SOURCES = {
         "dataset-fashion-mnist (apt-get install dataset-fashion-mnist)"
     ),
 }
-
-
-@dataclass(frozen=True)
-class ImageSet:
-    """Images as uint8 (N, C, H, W) and int64 labels (N,)."""
-
-    images: Tensor
-    labels: Tensor
 
 
 def find_file(directory: Path, stem: str, name: str) -> Path:
@@ -60,9 +51,9 @@ def load_idx_dataset(name: str, split: str, directory: str | Path, verify: bool 
     for kind, ndim in (("images-idx3-ubyte", 3), ("labels-idx1-ubyte", 1)):
         stem = f"{SPLITS[split]}-{kind}"
         path = find_file(directory, stem, name)
-        content = read_bytes(path)
+        raw, content = read_file(path)
         if verify:
-            verify_content(name, path, content)
+            verify_content(name, path, raw, content)
         arrays.append(parse_idx(content, str(path), ndim))
     images, labels = arrays
     if images.shape[0] != labels.shape[0]:

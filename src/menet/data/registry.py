@@ -10,7 +10,8 @@ from pathlib import Path
 from menet.data import cifar, svhn, tiny_imagenet
 from menet.data.errors import DatasetError
 from menet.data.mnist import SOURCES as IDX_SOURCES
-from menet.data.mnist import ImageSet, load_idx_dataset
+from menet.data.imageset import ImageSet
+from menet.data.mnist import load_idx_dataset
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 DATA_DIR_ENV = "MENET_DATA_DIR"

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from menet.data.checksums import file_md5, require_md5
+from menet.data.checksums import require_md5
 from menet.data.errors import DatasetError
-from menet.data.mnist import ImageSet
+from menet.data.imageset import ImageSet
 
 SOURCE = "http://ufldl.stanford.edu/housenumbers/ (train_32x32.mat, test_32x32.mat)"
 FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat", "extra": "extra_32x32.mat"}
@@ -29,13 +31,14 @@ def load_svhn(split: str, directory: Path, verify: bool = True) -> ImageSet:
     path = next((p for p in (directory / name, directory / "svhn" / name) if p.is_file()), None)
     if path is None:
         raise DatasetError(f"svhn: {name} not found in {directory}; get it from {SOURCE}")
+    raw = path.read_bytes()
     if verify:
-        size, expected_size = path.stat().st_size, SIZES.get(name)
+        size, expected_size = len(raw), SIZES.get(name)
         if expected_size is not None and size != expected_size:
             raise DatasetError(f"{path}: size {size:,} bytes, expected {expected_size:,}: truncated or not the official file")
-        require_md5(str(path), file_md5(path), MD5[name])
+        require_md5(str(path), hashlib.md5(raw).hexdigest(), MD5[name])
     try:
-        mat = scipy.io.loadmat(path, variable_names=["X", "y"])
+        mat = scipy.io.loadmat(io.BytesIO(raw), variable_names=["X", "y"])
     except Exception as err:  # scipy raises many types for damaged files
         raise DatasetError(f"{path}: not a readable MATLAB file ({type(err).__name__}: {err})") from None
     x, y = mat.get("X"), mat.get("y")

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from menet.data.errors import DatasetError
-from menet.data.mnist import ImageSet
+from menet.data.imageset import ImageSet
 from menet.io import atomic_path
 
 SOURCE = "http://cs231n.stanford.edu/tiny-imagenet-200.zip (unzip it)"
