@@ -212,7 +212,7 @@ def test_two_process_torchrun_matches_one_process(tmp_path):
                             capture_output=True, text=True, env=env)
     assert single.returncode == 0, single.stderr
     double = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          "-m", "menet", "train", "--name", "two", "--runs", str(tmp_path), *settings],
         capture_output=True, text=True, env=env,
     )
