@@ -14,7 +14,8 @@ def python_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 
 
-def test_readme_examples_run_and_print_what_they_claim():
+def test_readme_examples_run_and_print_what_they_claim(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # examples that write (runs/) write here
     blocks = python_blocks()
     assert len(blocks) >= 2
     for block in blocks:

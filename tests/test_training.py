@@ -8,10 +8,11 @@ import json
 import pytest
 import torch
 
+from menet import fit, load_model
 from menet.checkpoint import CheckpointError, load_weights_only, save_atomic
 from menet.config import ConfigError, apply_overrides, config_from_dict
 from menet.defense import MatrixEstimation, MENet
-from menet.training import TrainingInterrupted, fit, load_model
+from menet.training import TrainingInterrupted
 
 
 def tiny(mode: str, name: str | None = None, /, **overrides) -> dict:

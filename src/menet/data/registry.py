@@ -9,8 +9,8 @@ from pathlib import Path
 
 from menet.data import cifar, svhn, tiny_imagenet
 from menet.data.errors import DatasetError
-from menet.data.mnist import SOURCES as IDX_SOURCES
 from menet.data.imageset import ImageSet
+from menet.data.mnist import SOURCES as IDX_SOURCES
 from menet.data.mnist import load_idx_dataset
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
