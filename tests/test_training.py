@@ -87,6 +87,25 @@ def test_kill_and_resume_gives_identical_weights(tmp_path, mode, stop):
     assert (tmp_path / "a" / "run" / "history.csv").read_text().count("\n") == (tmp_path / "b" / "run" / "history.csv").read_text().count("\n")
 
 
+def test_resume_is_exact_with_dropout(tmp_path):
+    # Dropout draws from torch's global RNG: each epoch seeds it from (seed, epoch, rank), so a
+    # resumed run draws the same dropout masks as an uninterrupted one.
+    settings = tiny("vanilla", "run", model="wide_resnet", epochs=2, train_limit=64, lr_milestones="[]",
+                    model_options="{depth: 10, widen_factor: 1, dropout: 0.5}")
+    config = config_from_dict(settings)
+    torch.manual_seed(1)
+    fit(config, tmp_path / "a")
+    with pytest.raises(TrainingInterrupted):
+        fit(config, tmp_path / "b", stop_after_steps=3)
+    torch.manual_seed(2)  # a fresh process: the global RNG is elsewhere
+    before = torch.get_rng_state()
+    fit(config, tmp_path / "b", resume=True)
+    assert torch.equal(torch.get_rng_state(), before)  # the caller's global RNG is left as it was
+    a = load_weights_only(tmp_path / "a" / "run" / "model.pt")
+    b = load_weights_only(tmp_path / "b" / "run" / "model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.parametrize(
     ("override", "field"),
     [

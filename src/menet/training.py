@@ -3,7 +3,9 @@
 Runs live in ``runs/NAME/``: config.yaml, model.pt (state dict), last.pt (resume state),
 history.csv and history.jsonl; every file is written atomically. All randomness of an epoch
 (shuffle, augmentation, masks, attack starts) comes from a generator seeded by (seed, epoch),
-so a run resumed from last.pt ends with exactly the weights of an uninterrupted one.
+and torch's global RNG (dropout) is seeded from (seed, epoch, rank) for the epoch, so the
+RNG state at an epoch boundary is a function of the config and the epoch saved in last.pt:
+a run resumed from it ends with exactly the weights of an uninterrupted one.
 
 Under ``torchrun --nproc_per_node=N -m menet train ...`` the run is data-parallel
 (DistributedDataParallel; NCCL on GPUs, gloo on CPU): every rank draws the same global batch
@@ -54,8 +56,12 @@ class TrainingInterrupted(RuntimeError):
     """Raised by the ``stop_after_steps`` test hook, like a kill mid-epoch."""
 
 
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 1_000_003 + epoch
+
+
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.Generator().manual_seed(_epoch_seed(seed, epoch))
 
 
 def build_defense(config: TrainConfig, p: float | None = None, generator: torch.Generator | None = None) -> MatrixEstimation:
@@ -211,9 +217,14 @@ def fit(
         images, labels, cache, ps, len(ps) if config.mode == "menet" else 1,
     )
     steps_left = stop_after_steps
+    rng_devices = [place.device] if place.device.type == "cuda" else []
     for epoch in range(start_epoch, config.epochs):
         started = time.perf_counter()
-        totals, steps_left = _train_epoch(setup, epoch, progress, steps_left)
+        # Layers that draw from torch's global RNG (dropout) get it seeded by (seed, epoch, rank);
+        # the caller's global RNG state is restored afterwards.
+        with torch.random.fork_rng(devices=rng_devices):
+            torch.manual_seed(_epoch_seed(config.seed, epoch) + 7919 * place.rank)
+            totals, steps_left = _train_epoch(setup, epoch, progress, steps_left)
         seconds = time.perf_counter() - started
         seen = max(totals[2].item(), 1.0)
         history.append({
