@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import bernoulli_mask, low_rank_plus_noise
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from menet.estimation import nuclear_norm
 from menet.estimation.reference import nuclear_norm_objective, nuclear_norm_reference
@@ -39,6 +41,26 @@ def test_objective_within_1e4_of_cvxpy_on_low_rank_plus_noise(shape):
     ref = nuclear_norm_reference(a, mask, **REFERENCE)
     got = nuclear_norm(torch.from_numpy(a), torch.from_numpy(mask)).numpy()
     assert relative_gap(got, ref, a, mask, 1.0).max() < 1e-4
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    m=st.integers(1, 10),
+    n=st.integers(1, 10),
+    p=st.floats(0.1, 1.0),
+    mu=st.floats(0.05, 5.0),
+    scale=st.floats(0.1, 3.0),
+    seed=st.integers(0, 10_000),
+)
+def test_property_objective_near_cvxpy_optimum(m, n, p, mu, scale, seed):
+    """Any shape, keep-probability, mu and scale: within 1e-4 (relative) of Clarabel's optimum."""
+    a = np.random.default_rng(seed).uniform(-scale, scale, (2, m, n))
+    mask = bernoulli_mask(a.shape, p, seed + 1)
+    ref = nuclear_norm_reference(a, mask, mu=mu, **REFERENCE)
+    got = nuclear_norm(torch.from_numpy(a), torch.from_numpy(mask), mu=mu).numpy()
+    ours = nuclear_norm_objective(got, a, mask, mu)
+    best = nuclear_norm_objective(ref, a, mask, mu)
+    assert np.all(ours - best <= 1e-4 * best + 1e-9), (ours, best)
 
 
 def test_exact_recovery_of_low_rank_matrix():
