@@ -4,7 +4,8 @@ Every estimator works on a stack of matrices ``(B, m, n)``. Torch's batched LAPA
 (eigh, svd) loop over the batch on one core, so on a multi-core CPU we split the batch into
 chunks and run the chunks on a small thread pool with torch's own threading set to one
 (torch releases the GIL inside its kernels). Chunking also bounds the memory of the
-temporaries: no chunk holds more than ``MAX_CHUNK_ELEMENTS`` matrix entries.
+temporaries: no chunk holds more than ``MAX_CHUNK_ELEMENTS`` matrix entries on the CPU, or
+``MAX_CHUNK_ELEMENTS_CUDA`` on a GPU, where one large chunk keeps the device busy.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from torch import Tensor
 # 2**19 float32 entries = 2 MiB per chunk-sized temporary; an estimator keeps about a
 # dozen of those alive per worker, so a call needs well under 100 MiB of scratch memory.
 MAX_CHUNK_ELEMENTS = 2**19
+# On a GPU the batch runs as one stream of kernels: 2**23 entries (32 MiB per float32
+# temporary, about 0.5 GiB of scratch) is 2,730 CIFAR-shaped matrices per launch.
+MAX_CHUNK_ELEMENTS_CUDA = 2**23
 # Below this many matrices per worker, a thread pool costs more than it saves.
 MIN_CHUNK_MATRICES = 64
 
@@ -50,7 +54,7 @@ def check_matrices(a: Tensor, mask: Tensor) -> None:
     # Checked chunk by chunk so that validation needs no full-size temporaries.
     m, n = a.shape[-2:]
     flat_a, flat_mask = a.reshape(-1, m, n), mask.reshape(-1, m, n)
-    step = max(1, MAX_CHUNK_ELEMENTS // (m * n))
+    step = _chunk_cap(a)
     for start in range(0, flat_a.shape[0], step):
         a_chunk, mask_chunk = flat_a[start : start + step], flat_mask[start : start + step]
         if not bool(torch.isfinite(a_chunk).logical_or_(~mask_chunk).all()):
@@ -79,6 +83,12 @@ def check_max_iters(max_iters: int) -> None:
         raise ValueError(f"max_iters must be a positive int, got {max_iters!r}")
 
 
+def _chunk_cap(a: Tensor) -> int:
+    """The most (m, n) matrices of ``a`` that one chunk may hold on ``a``'s device."""
+    cap = MAX_CHUNK_ELEMENTS if a.device.type == "cpu" else MAX_CHUNK_ELEMENTS_CUDA
+    return max(1, cap // (a.shape[-2] * a.shape[-1]))
+
+
 def zero_fill(a: Tensor, mask: Tensor) -> Tensor:
     """Observed entries of ``a``, zeros elsewhere (NaN-safe: unobserved values never leak)."""
     return torch.where(mask, a, torch.zeros((), dtype=a.dtype, device=a.device))
@@ -100,7 +110,7 @@ def map_matrices(
     batch = flat_a.shape[0]
     if batch == 0:
         return a.clone()
-    per_chunk_cap = max(1, MAX_CHUNK_ELEMENTS // (m * n))
+    per_chunk_cap = _chunk_cap(a)
     workers = torch.get_num_threads() if a.device.type == "cpu" else 1
     chunk = min(per_chunk_cap, max(MIN_CHUNK_MATRICES, math.ceil(batch / max(workers, 1))))
     starts = list(range(0, batch, chunk))
