@@ -18,7 +18,7 @@ from menet.training import TrainingInterrupted
 def tiny(mode: str, name: str | None = None, /, **overrides) -> dict:
     base = {
         "name": name or f"tiny-{mode}", "mode": mode, "epochs": 3, "batch_size": 32, "train_limit": 96,
-        "lr": 0.05, "lr_milestones": [2], "defense": {"method": "usvt", "n_masks": 2},
+        "lr": 0.05, "lr_milestones": [2], "test_limit": 64, "defense": {"method": "usvt", "n_masks": 2},
         "attack": {"eps": 0.1, "step": 0.05, "steps": 2},
     }
     return apply_overrides(base, [f"{k}={v}" for k, v in overrides.items()])
@@ -41,10 +41,26 @@ def test_loss_falls_and_run_files_are_written(tmp_path, mode):
         assert model.preprocess.p == pytest.approx(0.95)  # mean of p_k = 0.9, 1.0
 
 
+def test_test_accuracy_every_eval_every_epochs_matches_the_saved_model(tmp_path):
+    history = fit(config_from_dict(tiny("vanilla", epochs=3, eval_every=2, test_limit=200, train_limit=512, batch_size=64)), tmp_path)
+    assert [row["test_accuracy"] is None for row in history] == [True, False, False]  # epochs 2 and 3 (last)
+    # Independent of the training loop: the saved network, classified in one batch.
+    from menet.data import load_dataset
+
+    test = load_dataset("fashion-mnist", "test")
+    model = load_model(tmp_path / "tiny-vanilla")
+    with torch.no_grad():
+        predicted = model(test.images[:200].float() / 255).argmax(1)
+    assert history[-1]["test_accuracy"] == pytest.approx((predicted == test.labels[:200]).float().mean().item())
+    assert history[-1]["test_accuracy"] > 0.3  # 24 steps on 512 images: well above chance (0.1)
+    rows = list(csv.DictReader((tmp_path / "tiny-vanilla" / "history.csv").open()))
+    assert [r["test_accuracy"] == "" for r in rows] == [True, False, False]
+
+
 def test_menet_mode_trains_on_reconstructions(tmp_path):
     # p = 1 and a rank-2 USVT make the reconstruction deterministic: the network must see
     # exactly the rank-2 reconstructions of the (unaugmented) Fashion-MNIST images.
-    config = config_from_dict(tiny("menet", epochs=1, **{"defense.p_start": 1.0, "defense.options": "{rank: 2}"}))
+    config = config_from_dict(tiny("menet", epochs=1, eval_every=0, **{"defense.p_start": 1.0, "defense.options": "{rank: 2}"}))
     seen = []
     original_forward = torch.nn.Module.__call__
 
@@ -167,9 +183,12 @@ def test_cli_train_with_recipe_and_overrides(tmp_path, capsys):
     from menet.cli import main
 
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "fashion-mnist-quick.yaml"
-    args = ["train", str(recipe), "--runs", str(tmp_path), "--set", "train_limit=64", "--set", "epochs=1", "--quiet"]
+    args = ["train", str(recipe), "--runs", str(tmp_path), "--set", "train_limit=64", "--set", "epochs=2",
+            "--set", "test_limit=32", "--set", "eval_every=2", "--quiet"]
     assert main(args) == 0
-    assert "epoch 1: loss" in capsys.readouterr().out
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("epoch 1: loss") and "test accuracy" not in lines[0]
+    assert lines[1].startswith("epoch 2: loss") and "test accuracy" in lines[1]
     assert (tmp_path / "fashion-mnist-quick" / "model.pt").is_file()
     assert main(["train", str(recipe), "--runs", str(tmp_path), "--set", "defense.p_start=2"]) == 2
     assert "defense.p_start" in capsys.readouterr().err
@@ -226,7 +245,7 @@ def test_two_process_torchrun_matches_one_process(tmp_path):
     # Batches of 31 split 16 + 15 (and the last, 3, as 2 + 1): the loss scaling must make
     # the averaged gradient the global-batch mean for the runs to agree.
     settings = ["--set", "mode=vanilla", "--set", "epochs=2", "--set", "batch_size=31", "--set", "train_limit=96",
-                "--set", "lr=0.05", "--set", "lr_milestones=[]", "--quiet"]
+                "--set", "lr=0.05", "--set", "lr_milestones=[]", "--set", "test_limit=64", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single = subprocess.run([sys.executable, "-m", "menet", "train", "--name", "one", "--runs", str(tmp_path), *settings],
                             capture_output=True, text=True, env=env)

@@ -1,4 +1,4 @@
-"""Every mode trains on every dataset, read from tiny files in the official formats."""
+"""Every mode trains and is evaluated on every dataset, read from tiny files in the official formats."""
 
 from __future__ import annotations
 
@@ -16,12 +16,14 @@ def write_dataset(name: str, directory):
     directory.mkdir(parents=True)
     if name == "mnist":
         rng = np.random.default_rng(0)
-        write_split(directory, "train", rng.integers(0, 256, (8, 28, 28), dtype=np.uint8),
-                    rng.integers(0, 10, 8, dtype=np.uint8), compress=True)
+        for prefix in ("train", "t10k"):
+            write_split(directory, prefix, rng.integers(0, 256, (8, 28, 28), dtype=np.uint8),
+                        rng.integers(0, 10, 8, dtype=np.uint8), compress=True)
     elif name == "cifar10":
         write_cifar(directory, archive=True)
     elif name == "svhn":
         write_svhn(directory / "train_32x32.mat", 8, 0)
+        write_svhn(directory / "test_32x32.mat", 4, 1)
     else:
         write_tiny_imagenet(directory / "tiny-imagenet-200")
 
@@ -38,5 +40,6 @@ def test_mode_trains_on_dataset(tmp_path, dataset, mode):
     })
     history = fit(config, tmp_path / "runs")
     assert len(history) == 1 and np.isfinite(history[0]["loss"])
+    assert 0 <= history[0]["test_accuracy"] <= 1  # evaluated on the dataset's test split
     model = load_model(tmp_path / "runs" / "run")
     assert model is not None

@@ -71,20 +71,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides.append("amp=true")
     config = config_from_dict(apply_overrides(data, overrides))
     torch.manual_seed(config.seed)
-    history = fit(
+    fit(
         config,
         args.runs,
         resume=args.resume,
         device=args.device,
         progress=lambda items, desc, total: tqdm(items, desc=desc, total=total, disable=args.quiet, leave=False),
+        on_epoch=_print_epoch,  # called on rank 0 only
     )
-    if int(os.environ.get("RANK", "0")) != 0:
-        return 0  # under torchrun only rank 0 reports
-    for row in history:
-        print(f"epoch {row['epoch']}: loss {row['loss']:.4f}, accuracy {row['accuracy']:.4f}, "
-              f"lr {row['lr']:g}, {row['images_per_s']:,.0f} images/s")
-    print(f"wrote {Path(args.runs) / config.name}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"wrote {Path(args.runs) / config.name}")
     return 0
+
+
+def _print_epoch(row: dict) -> None:
+    test = "" if row["test_accuracy"] is None else f", test accuracy {row['test_accuracy']:.4f}"
+    print(f"epoch {row['epoch']}: loss {row['loss']:.4f}, accuracy {row['accuracy']:.4f}{test}, "
+          f"lr {row['lr']:g}, {row['images_per_s']:,.0f} images/s", flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

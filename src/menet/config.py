@@ -68,6 +68,8 @@ class TrainConfig:
     masks: str = "fresh"  # ME-Net mode: "fresh" masks every epoch, or "cached" reconstructions
     amp: bool = False  # mixed precision for the network on CUDA (estimators stay float32)
     train_limit: int | None = None  # use only the first N training images (quick runs, tests)
+    eval_every: int = 1  # clean test accuracy every N epochs and after the last; 0: never
+    test_limit: int | None = None  # evaluate on the first N test images only (quick runs, tests)
     data_dir: str | None = None
     verify_checksums: bool = True  # check the data files against the published checksums
     defense: DefenseConfig = field(default_factory=DefenseConfig)
@@ -96,8 +98,10 @@ class TrainConfig:
             ("optimizer", self.optimizer in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
             ("amp", isinstance(self.amp, bool), "true or false"),
             ("verify_checksums", isinstance(self.verify_checksums, bool), "true or false"),
-            ("seed", _int(self.seed), "an int"),
+            ("seed", _int(self.seed) and self.seed >= 0, "an int >= 0"),
             ("train_limit", self.train_limit is None or (_int(self.train_limit) and self.train_limit >= 1), "an int >= 1 or null"),
+            ("eval_every", _int(self.eval_every) and self.eval_every >= 0, "an int >= 0"),
+            ("test_limit", self.test_limit is None or (_int(self.test_limit) and self.test_limit >= 1), "an int >= 1 or null"),
             ("defense.method", self.defense.method in ESTIMATORS, f"one of {', '.join(ESTIMATORS)}"),
             ("defense.layout", self.defense.layout in LAYOUTS, f"one of {', '.join(LAYOUTS)}"),
             ("defense.p_start", _prob(self.defense.p_start), "a number in (0, 1]"),

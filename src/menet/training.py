@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
@@ -43,25 +44,30 @@ from menet.checkpoint import (
 from menet.config import TrainConfig, config_from_dict
 from menet.data import augment, get_dataset_spec, load_dataset, to_float
 from menet.defense import MatrixEstimation, MENet
+from menet.evaluation import count_correct
 from menet.io import write_text_atomic
 from menet.models import build_model_for_dataset
 from menet.progress import Progress, no_progress
 from menet.recon_cache import cached_reconstructions
 
 log = logging.getLogger(__name__)
-HISTORY_FIELDS = ("epoch", "loss", "accuracy", "lr", "seconds", "images_per_s")
+HISTORY_FIELDS = ("epoch", "loss", "accuracy", "test_accuracy", "lr", "seconds", "images_per_s")
 
 
 class TrainingInterrupted(RuntimeError):
     """Raised by the ``stop_after_steps`` test hook, like a kill mid-epoch."""
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return seed * 1_000_003 + epoch
+# Independent random streams of an epoch, each seeded from (seed, epoch, stream, rank).
+TRAIN_STREAM, GLOBAL_STREAM, TEST_STREAM = 0, 1, 2
 
 
-def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    return torch.Generator().manual_seed(_epoch_seed(seed, epoch))
+def _stream_seed(seed: int, epoch: int, stream: int, rank: int = 0) -> int:
+    return int(np.random.SeedSequence([seed, epoch, stream, rank]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _stream_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
+    return torch.Generator().manual_seed(_stream_seed(seed, epoch, stream))
 
 
 def build_defense(config: TrainConfig, p: float | None = None, generator: torch.Generator | None = None) -> MatrixEstimation:
@@ -159,12 +165,17 @@ def fit(
     resume: bool = False,
     device: str | None = None,
     progress: Progress = no_progress,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
     stop_after_steps: int | None = None,
-) -> list[dict[str, float]]:
+) -> list[dict[str, Any]]:
     """Train per ``config`` into ``runs_dir/config.name``; returns the history rows.
 
     ``resume`` continues from last.pt. ``device``: "cpu", "cuda", ... (default: CUDA if
     available). ``progress(iterable, desc=, total=)`` wraps each epoch's batches (e.g. tqdm).
+    ``on_epoch(row)`` is called (on rank 0) with each epoch's history row once its files
+    are written. Rows hold epoch, loss, accuracy (training), test_accuracy (clean accuracy
+    of the deployed model on the test split, every ``eval_every`` epochs, else None), lr,
+    seconds and images_per_s.
     ``stop_after_steps`` raises TrainingInterrupted after that many optimisation steps (a
     test hook standing in for a kill).
     """
@@ -173,9 +184,11 @@ def fit(
     config = replace(config, defense=replace(config.defense, p_infer=config.defense.inference_p()))
     run = Path(runs_dir) / config.name
     data = load_dataset(config.dataset, "train", config.data_dir, verify=config.verify_checksums)
-    images, labels = data.images, data.labels
-    if config.train_limit is not None:
-        images, labels = images[: config.train_limit], labels[: config.train_limit]
+    images, labels = data.images[: config.train_limit], data.labels[: config.train_limit]
+    test = None  # loaded before any work, so that a missing test file fails early
+    if config.eval_every > 0:
+        test = load_dataset(config.dataset, "test", config.data_dir, verify=config.verify_checksums)
+        test = (test.images[: config.test_limit], test.labels[: config.test_limit])
     place = setup_distributed(device)
     if not place.is_main:
         progress = no_progress
@@ -223,23 +236,44 @@ def fit(
         # Layers that draw from torch's global RNG (dropout) get it seeded by (seed, epoch, rank);
         # the caller's global RNG state is restored afterwards.
         with torch.random.fork_rng(devices=rng_devices):
-            torch.manual_seed(_epoch_seed(config.seed, epoch) + 7919 * place.rank)
+            torch.manual_seed(_stream_seed(config.seed, epoch, GLOBAL_STREAM, place.rank))
             totals, steps_left = _train_epoch(setup, epoch, progress, steps_left)
         seconds = time.perf_counter() - started
         seen = max(totals[2].item(), 1.0)
+        evaluate = config.eval_every > 0 and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs)
         history.append({
             "epoch": epoch + 1, "loss": totals[0].item() / seen, "accuracy": totals[1].item() / seen,
+            "test_accuracy": _test_accuracy(setup, test, epoch, progress) if evaluate else None,
             "lr": optimizer.param_groups[0]["lr"], "seconds": seconds, "images_per_s": totals[2].item() / max(seconds, 1e-9),
         })
         scheduler.step()
         if place.is_main:
             _write_epoch(run, core, optimizer, scheduler, epoch + 1, history, config)
+            if on_epoch is not None:
+                on_epoch(history[-1])
         log.info("epoch %d: loss %.4f accuracy %.4f", epoch + 1, history[-1]["loss"], history[-1]["accuracy"])
     if place.is_main and not (run / "model.pt").exists():  # zero epochs: still leave a loadable model
         save_atomic(_cpu(core.state_dict()), run / "model.pt")
     if place.world > 1:
         dist.barrier()
     return history
+
+
+def _test_accuracy(s: _Setup, test: tuple[torch.Tensor, torch.Tensor], epoch: int, progress: Progress) -> float:
+    """Clean accuracy on the test split of the model as deployed (MENet at the inference p for
+    ME-Net modes, masks from the epoch's test stream); each rank counts its share."""
+    config, place = s.config, s.place
+    model = s.core
+    if config.mode in ("menet", "menet-adv"):
+        model = MENet(s.core, build_defense(config, generator=_stream_generator(config.seed, epoch, TEST_STREAM)))
+    images, labels = test[0][place.rank :: place.world], test[1][place.rank :: place.world]
+    s.core.eval()
+    correct = count_correct(model, images, labels, batch_size=config.batch_size, device=place.device,
+                            amp=s.use_amp, progress=progress)
+    counts = torch.tensor([correct, len(labels)], dtype=torch.float64)
+    if place.world > 1:
+        dist.all_reduce(counts)
+    return counts[0].item() / max(counts[1].item(), 1.0)
 
 
 def _restore(path: Path, config: TrainConfig, core: nn.Module, optimizer: torch.optim.Optimizer,
@@ -258,7 +292,7 @@ def _train_epoch(s: _Setup, epoch: int, progress: Progress, steps_left: int | No
     """One pass over the (image, mask) samples; returns (loss sum, correct, seen) summed over
     ranks, and the remaining test-hook step budget."""
     config, place = s.config, s.place
-    gen = _epoch_generator(config.seed, epoch)
+    gen = _stream_generator(config.seed, epoch, TRAIN_STREAM)
     if s.defense is not None:
         s.defense.generator = gen
     s.model.train()
