@@ -2,10 +2,11 @@
 
 Runs live in ``runs/NAME/``: config.yaml, model.pt (state dict), last.pt (resume state),
 history.csv and history.jsonl; every file is written atomically. All randomness of an epoch
-(shuffle, augmentation, masks, attack starts) comes from a generator seeded by (seed, epoch),
-and torch's global RNG (dropout) is seeded from (seed, epoch, rank) for the epoch, so the
-RNG state at an epoch boundary is a function of the config and the epoch saved in last.pt:
-a run resumed from it ends with exactly the weights of an uninterrupted one.
+comes from independent streams seeded by (seed, epoch, stream, rank): shuffle, augmentation,
+masks and attack starts; torch's global RNG (dropout), restored for the caller afterwards;
+the test-set masks. So the RNG state at an epoch boundary is a function of the config and
+the epoch saved in last.pt: a run resumed from it ends with exactly the weights of an
+uninterrupted one.
 
 Under ``torchrun --nproc_per_node=N -m menet train ...`` the run is data-parallel
 (DistributedDataParallel; NCCL on GPUs, gloo on CPU): every rank draws the same global batch
