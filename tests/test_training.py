@@ -194,6 +194,31 @@ def test_cli_train_with_recipe_and_overrides(tmp_path, capsys):
     assert "defense.p_start" in capsys.readouterr().err
 
 
+def test_cli_train_interrupted_then_resumed(tmp_path, capsys, monkeypatch):
+    import menet.training
+    from menet.cli import main
+
+    args = ["train", "--name", "run", "--runs", str(tmp_path), "--set", "train_limit=64", "--set", "epochs=2",
+            "--set", "eval_every=0", "--set", "batch_size=32", "--quiet"]
+    real_epoch = menet.training._train_epoch
+    calls = []
+
+    def interrupted_in_epoch_2(*a, **k):  # Ctrl-C during the second epoch
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_epoch(*a, **k)
+
+    monkeypatch.setattr(menet.training, "_train_epoch", interrupted_in_epoch_2)
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "--resume" in err
+    assert load_weights_only(tmp_path / "run" / "last.pt")["epoch"] == 1
+    monkeypatch.setattr(menet.training, "_train_epoch", real_epoch)
+    assert main([*args, "--resume"]) == 0
+    assert capsys.readouterr().out.startswith("epoch 2: loss")
+
+
 def test_cached_reconstructions_are_reused_and_invalidated(tmp_path, monkeypatch):
     import numpy as np
 

@@ -142,6 +142,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, CheckpointError, DatasetError, ValueError, TypeError) as err:
         print(f"menet {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        hint = ": the run keeps its last finished epoch; add --resume to continue" if args.command == "train" else ""
+        print(f"menet {args.command}: interrupted{hint}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
