@@ -194,6 +194,23 @@ def test_cli_train_with_recipe_and_overrides(tmp_path, capsys):
     assert "defense.p_start" in capsys.readouterr().err
 
 
+def test_an_existing_run_is_never_overwritten_by_accident(tmp_path, capsys):
+    from menet.cli import main
+
+    config = config_from_dict(tiny("vanilla", "run", epochs=2, eval_every=0))
+    fit(config, tmp_path)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
+    with pytest.raises(CheckpointError, match="already holds a run"):
+        fit(config_from_dict(tiny("vanilla", "run", epochs=1)), tmp_path)
+    args = ["train", "--name", "run", "--runs", str(tmp_path), "--set", "train_limit=32", "--set", "epochs=1",
+            "--set", "eval_every=0", "--quiet"]
+    assert main(args) == 2 and "--overwrite" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before  # nothing lost
+    assert main([*args, "--overwrite"]) == 0
+    assert load_weights_only(tmp_path / "run" / "last.pt")["epoch"] == 1
+    assert (tmp_path / "run" / "history.csv").read_text().count("\n") == 2  # header and epoch 1 only
+
+
 def test_cli_train_interrupted_then_resumed(tmp_path, capsys, monkeypatch):
     import menet.training
     from menet.cli import main

@@ -75,6 +75,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         config,
         args.runs,
         resume=args.resume,
+        overwrite=args.overwrite,
         device=args.device,
         progress=lambda items, desc, total: tqdm(items, desc=desc, total=total, disable=args.quiet, leave=False),
         on_epoch=_print_epoch,  # called on rank 0 only
@@ -119,7 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a config field, e.g. --set epochs=5 --set defense.method=usvt")
     train.add_argument("--name", help="run name (runs/NAME)")
     train.add_argument("--runs", default="runs", help="directory holding the runs (default: runs)")
-    train.add_argument("--resume", action="store_true", help="continue from runs/NAME/last.pt")
+    start = train.add_mutually_exclusive_group()
+    start.add_argument("--resume", action="store_true", help="continue from runs/NAME/last.pt")
+    start.add_argument("--overwrite", action="store_true", help="start over in a folder that holds a run")
     train.add_argument("--masks", choices=["fresh", "cached"], help="ME-Net masks: new every epoch, or "
                        "reconstructions built once and stored under RUNS/cache/ (the paper's way)")
     train.add_argument("--amp", action="store_true", help="mixed precision for the network on CUDA")

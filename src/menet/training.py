@@ -52,6 +52,7 @@ from menet.progress import Progress, no_progress
 from menet.recon_cache import cached_reconstructions
 
 log = logging.getLogger(__name__)
+RUN_FILES = ("last.pt", "model.pt", "history.csv", "history.jsonl")  # besides config.yaml
 HISTORY_FIELDS = ("epoch", "loss", "accuracy", "test_accuracy", "lr", "seconds", "images_per_s")
 
 
@@ -164,6 +165,7 @@ def fit(
     runs_dir: str | Path = "runs",
     *,
     resume: bool = False,
+    overwrite: bool = False,
     device: str | None = None,
     progress: Progress = no_progress,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
@@ -171,7 +173,8 @@ def fit(
 ) -> list[dict[str, Any]]:
     """Train per ``config`` into ``runs_dir/config.name``; returns the history rows.
 
-    ``resume`` continues from last.pt. ``device``: "cpu", "cuda", ... (default: CUDA if
+    ``resume`` continues from last.pt; without it, a folder that already holds a run is an
+    error unless ``overwrite``. ``device``: "cpu", "cuda", ... (default: CUDA if
     available). ``progress(iterable, desc=, total=)`` wraps each epoch's batches (e.g. tqdm).
     ``on_epoch(row)`` is called (on rank 0) with each epoch's history row once its files
     are written. Rows hold epoch, loss, accuracy (training), test_accuracy (clean accuracy
@@ -184,6 +187,11 @@ def fit(
     # The inference keep-probability (default: mean of the training ones) is saved with the run.
     config = replace(config, defense=replace(config.defense, p_infer=config.defense.inference_p()))
     run = Path(runs_dir) / config.name
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other")
+    if not resume and not overwrite and any((run / f).exists() for f in RUN_FILES):
+        raise CheckpointError(f"{run} already holds a run: resume it (--resume), start it over "
+                              "(--overwrite) or choose another name (--name)")
     data = load_dataset(config.dataset, "train", config.data_dir, verify=config.verify_checksums)
     images, labels = data.images[: config.train_limit], data.labels[: config.train_limit]
     test = None  # loaded before any work, so that a missing test file fails early
@@ -204,6 +212,8 @@ def fit(
     if resume:
         history, start_epoch = _restore(run / "last.pt", config, core, optimizer, scheduler)
     elif place.is_main:
+        for name in RUN_FILES:  # starting over: no file of the old run may outlive it
+            (run / name).unlink(missing_ok=True)
         write_text_atomic(run / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
 
     core.to(place.device)
