@@ -281,10 +281,17 @@ def _test_accuracy(s: _Setup, test: tuple[torch.Tensor, torch.Tensor], epoch: in
     s.core.eval()
     correct = count_correct(model, images, labels, batch_size=config.batch_size, device=place.device,
                             amp=s.use_amp, progress=progress)
-    counts = torch.tensor([correct, len(labels)], dtype=torch.float64)
-    if place.world > 1:
-        dist.all_reduce(counts)
+    counts = _sum_over_ranks(torch.tensor([correct, len(labels)], dtype=torch.float64), place)
     return counts[0].item() / max(counts[1].item(), 1.0)
+
+
+def _sum_over_ranks(values: torch.Tensor, place: Distributed) -> torch.Tensor:
+    """Sum a small CPU tensor over the ranks (NCCL reduces only GPU tensors: move it there)."""
+    if place.world == 1:
+        return values
+    on_device = values.to(place.device)
+    dist.all_reduce(on_device)
+    return on_device.cpu()
 
 
 def _restore(path: Path, config: TrainConfig, core: nn.Module, optimizer: torch.optim.Optimizer,
@@ -336,9 +343,7 @@ def _train_epoch(s: _Setup, epoch: int, progress: Progress, steps_left: int | No
             steps_left -= 1
             if steps_left <= 0:
                 raise TrainingInterrupted("stopped by the stop_after_steps test hook")
-    if place.world > 1:
-        dist.all_reduce(totals)
-    return totals, steps_left
+    return _sum_over_ranks(totals, place), steps_left
 
 
 def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
