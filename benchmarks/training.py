@@ -66,7 +66,7 @@ def step_time(settings: dict, images: torch.Tensor, labels: torch.Tensor, steps:
     torch.manual_seed(0)
     model = build_model_for_dataset(config.model, config.dataset)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    defense = build_defense(config) if config.mode.startswith("menet") else None
+    defense = build_defense(config) if config.defended else None
     p = torch.full((len(labels),), config.defense.inference_p())
     gen = torch.Generator().manual_seed(0)
     if defense is not None:

@@ -117,6 +117,11 @@ class TrainConfig:
                 value = _get(self, name)
                 raise ConfigError(f"config field {name} must be {expected}, got {value!r}")
 
+    @property
+    def defended(self) -> bool:
+        """Whether the deployed model is ME-Net (the network behind the defense)."""
+        return self.mode in ("menet", "menet-adv")
+
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["lr_milestones"] = list(self.lr_milestones)

@@ -79,6 +79,12 @@ def build_defense(config: TrainConfig, p: float | None = None, generator: torch.
 
 
 
+def deployed_model(config: TrainConfig, network: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
+    """The run's model as deployed: MENet(network, defense at the inference p) for ME-Net
+    modes (masks from ``generator``), else the network itself."""
+    return MENet(network, build_defense(config, generator=generator)) if config.defended else network
+
+
 @dataclass(frozen=True)
 class Distributed:
     """This process's place in a (possibly single-process) run."""
@@ -237,7 +243,7 @@ def fit(
             cache = cached_reconstructions(config, images, Path(runs_dir) / "cache")
     setup = _Setup(
         config, place, core, model, optimizer, torch.amp.GradScaler("cuda", enabled=use_amp), use_amp,
-        build_defense(config) if config.mode in ("menet", "menet-adv") else None,
+        build_defense(config) if config.defended else None,
         images, labels, cache, ps, len(ps) if config.mode == "menet" else 1,
     )
     steps_left = stop_after_steps
@@ -274,9 +280,7 @@ def _test_accuracy(s: _Setup, test: tuple[torch.Tensor, torch.Tensor], epoch: in
     """Clean accuracy on the test split of the model as deployed (MENet at the inference p for
     ME-Net modes, masks from the epoch's test stream); each rank counts its share."""
     config, place = s.config, s.place
-    model = s.core
-    if config.mode in ("menet", "menet-adv"):
-        model = MENet(s.core, build_defense(config, generator=_stream_generator(config.seed, epoch, TEST_STREAM)))
+    model = deployed_model(config, s.core, _stream_generator(config.seed, epoch, TEST_STREAM))
     images, labels = test[0][place.rank :: place.world], test[1][place.rank :: place.world]
     s.core.eval()
     correct = count_correct(model, images, labels, batch_size=config.batch_size, device=place.device,
@@ -381,7 +385,4 @@ def load_model(run_dir: str | Path) -> nn.Module:
         raise CheckpointError(f"{run}: no config.yaml: not a menet run directory") from None
     model = build_model_for_dataset(config.model, config.dataset, **config.model_options)
     load_state_into(model, load_weights_only(run / "model.pt"), str(run / "model.pt"), config.model)
-    model.eval()
-    if config.mode in ("menet", "menet-adv"):
-        return MENet(model, build_defense(config)).eval()
-    return model
+    return deployed_model(config, model).eval()
