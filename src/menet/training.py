@@ -78,7 +78,6 @@ def build_defense(config: TrainConfig, p: float | None = None, generator: torch.
     return MatrixEstimation(d.method, p=d.inference_p() if p is None else p, layout=d.layout, generator=generator, **d.options)
 
 
-
 def deployed_model(config: TrainConfig, network: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
     """The run's model as deployed: MENet(network, defense at the inference p) for ME-Net
     modes (masks from ``generator``), else the network itself."""
