@@ -64,7 +64,7 @@ def bench_shape(name: str, data: np.ndarray, p: float, args: argparse.Namespace)
     m = data.shape[1]
     k = int(0.8 * m)
     cases = [
-        ("usvt", lambda: usvt(a, mask, rank=0.8),
+        ("usvt", lambda: usvt(a, mask, rank_fraction=0.8),
          lambda n: usvt_reference(data[:n], mask_np[:n], rank=k), args.ref_usvt),
         ("softimpute", lambda: soft_impute(a, mask),
          lambda n: soft_impute_reference(data[:n], mask_np[:n]), args.ref_softimpute),
@@ -99,7 +99,7 @@ def bench_shape(name: str, data: np.ndarray, p: float, args: argparse.Namespace)
 
 MEMORY_PROBE = """
 import resource, sys, torch
-from menet.estimation import get_estimator
+from menet.estimation import get_method
 torch.set_num_threads(int(sys.argv[3]))
 n = int(sys.argv[2])
 # Build input, mask and an output-sized block without full-size temporaries, so that the
@@ -111,8 +111,8 @@ for i in range(0, n, 1000):
 out = torch.empty_like(a).fill_(0)
 del out
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-kwargs = {"usvt": {"rank": 0.8}, "softimpute": {"max_iters": 3}, "nucnorm": {"max_iters": 3}}
-get_estimator(sys.argv[1])(a, mask, **kwargs[sys.argv[1]])
+kwargs = {"usvt": {"rank_fraction": 0.8}, "softimpute": {"max_iters": 3}, "nucnorm": {"max_iters": 3}}
+get_method(sys.argv[1]).estimate(a, mask, **kwargs[sys.argv[1]])
 print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
 """
 

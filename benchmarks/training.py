@@ -26,7 +26,8 @@ from menet.estimation.reference import nuclear_norm_reference
 from menet.masking import random_mask
 from menet.models import build_model_for_dataset
 from menet.recon_cache import cached_reconstructions
-from menet.training import _training_inputs, build_defense
+from menet.runs import build_defense
+from menet.training import _training_inputs
 
 
 def cifar_like(images: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ def test_shape_range_dtype_on_real_images(fashion_test_images):
 def test_full_rank_usvt_at_p1_is_identity():
     x = torch.rand(4, 3, 8, 10, dtype=torch.float64)
     for layout in ("concat", "separate"):
-        me = MatrixEstimation("usvt", p=1.0, layout=layout, rank=1.0)
+        me = MatrixEstimation("usvt", p=1.0, layout=layout, rank_fraction=1.0)
         torch.testing.assert_close(me(x), x)
 
 
@@ -124,3 +124,19 @@ def test_menet_composes_and_passes_gradients():
     logits.sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     assert "method='usvt'" in repr(model)
+
+
+def test_usvt_rule_is_named_in_the_repr_and_options():
+    original = MatrixEstimation("usvt", p=0.5)
+    assert original.options["rank_fraction"] == 0.8 and original.options["rank"] is None
+    assert "top 80% of singular values (the original ME-Net code's svdprob)" in repr(original)
+    chatterjee = MatrixEstimation("usvt", p=0.5, rank_fraction=None)
+    assert chatterjee.options["rank_fraction"] is None and "Chatterjee's threshold" in repr(chatterjee)
+    counted = MatrixEstimation("usvt", p=0.5, rank=3)  # naming rank drops the 80% default
+    assert counted.options["rank_fraction"] is None and "top 3 singular values" in repr(counted)
+    x = torch.rand(2, 1, 8, 8, dtype=torch.float64)
+    mask = counted.draw_mask(x)
+    expected = usvt_reference(x[:, 0].numpy() * 2 - 1, mask.numpy(), rank=3)
+    np.testing.assert_allclose(counted.reconstruct(x, mask)[:, 0].numpy(), np.clip((expected + 1) / 2, 0, 1), atol=1e-10)
+    with pytest.raises(TypeError, match="rank_fraction=1.0"):
+        MatrixEstimation("usvt", rank=1.0)(x)

@@ -7,9 +7,9 @@ import torch
 from conftest import bernoulli_mask, low_rank_plus_noise
 
 import menet.estimation._batching as batching
-from menet.estimation import ESTIMATORS, get_estimator
+from menet.estimation import METHODS, get_method
 
-METHODS = sorted(ESTIMATORS)
+NAMES = sorted(METHODS)
 
 
 def sample(batch: int = 3, m: int = 6, n: int = 7, dtype=torch.float64):
@@ -18,26 +18,26 @@ def sample(batch: int = 3, m: int = 6, n: int = 7, dtype=torch.float64):
     return a, mask
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", NAMES)
 class TestBadInput:
     def test_shape_mismatch(self, method):
         a, mask = sample()
         with pytest.raises(ValueError, match="same shape"):
-            get_estimator(method)(a, mask[:, :-1])
+            get_method(method).estimate(a, mask[:, :-1])
 
     def test_non_bool_mask(self, method):
         a, mask = sample()
         with pytest.raises(TypeError, match="bool"):
-            get_estimator(method)(a, mask.float())
+            get_method(method).estimate(a, mask.float())
 
     def test_integer_input(self, method):
         a, mask = sample()
         with pytest.raises(TypeError, match="float32 or float64"):
-            get_estimator(method)(a.long(), mask)
+            get_method(method).estimate(a.long(), mask)
 
     def test_not_a_matrix(self, method):
         with pytest.raises(ValueError, match="at least 2 dims"):
-            get_estimator(method)(torch.zeros(5, dtype=torch.float64), torch.ones(5, dtype=torch.bool))
+            get_method(method).estimate(torch.zeros(5, dtype=torch.float64), torch.ones(5, dtype=torch.bool))
 
     @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
     def test_non_finite_observed_entry(self, method, bad):
@@ -45,18 +45,18 @@ class TestBadInput:
         mask[1, 2, 3] = True
         a[1, 2, 3] = bad
         with pytest.raises(ValueError, match="NaN or Inf among its observed"):
-            get_estimator(method)(a, mask)
+            get_method(method).estimate(a, mask)
 
     def test_matrix_without_observed_entry(self, method):
         a, mask = sample()
         mask[2] = False
         with pytest.raises(ValueError, match=r"matrices \[2\] \(flattened batch index\) have none"):
-            get_estimator(method)(a, mask)
+            get_method(method).estimate(a, mask)
 
     def test_not_tensors(self, method):
         a, mask = sample()
         with pytest.raises(TypeError, match="torch tensors"):
-            get_estimator(method)(a.numpy(), mask)
+            get_method(method).estimate(a.numpy(), mask)
 
 
 @pytest.mark.parametrize(
@@ -64,8 +64,12 @@ class TestBadInput:
     [
         ("usvt", {"rank": 0}, "rank"),
         ("usvt", {"rank": 7}, "rank"),
-        ("usvt", {"rank": 1.5}, "fraction"),
+        ("usvt", {"rank": 1.5}, "rank_fraction=1.5"),
+        ("usvt", {"rank": 1.0}, "rank_fraction=1.0"),  # a float rank is never a fraction in disguise
         ("usvt", {"rank": "3"}, "rank"),
+        ("usvt", {"rank_fraction": 1.5}, r"\(0, 1\]"),
+        ("usvt", {"rank_fraction": 0.01}, "keeps no singular value"),
+        ("usvt", {"rank": 2, "rank_fraction": 0.5}, "not both"),
         ("usvt", {"eta": -1.0}, "eta"),
         ("usvt", {"clip": (1.0, -1.0)}, "clip"),
         ("softimpute", {"shrinkage": -0.1}, "shrinkage"),
@@ -80,52 +84,52 @@ class TestBadInput:
 def test_bad_parameters(method, kwargs, match):
     a, mask = sample()
     with pytest.raises((ValueError, TypeError), match=match):
-        get_estimator(method)(a, mask, **kwargs)
+        get_method(method).estimate(a, mask, **kwargs)
 
 
 def test_unknown_method_lists_valid_names():
     with pytest.raises(ValueError, match="usvt, softimpute, nucnorm"):
-        get_estimator("svd")
+        get_method("svd")
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", NAMES)
 def test_chunked_parallel_run_equals_one_chunk(method, monkeypatch):
     a, mask = sample(batch=300, m=8, n=9, dtype=torch.float32)
     torch.set_num_threads(1)
     try:
-        whole = get_estimator(method)(a, mask)
+        whole = get_method(method).estimate(a, mask)
     finally:
         torch.set_num_threads(2)
     # Force many small chunks on a two-worker pool.
     monkeypatch.setattr(batching, "MAX_CHUNK_ELEMENTS", 8 * 9 * 7)
     monkeypatch.setattr(batching, "MIN_CHUNK_MATRICES", 1)
-    chunked = get_estimator(method)(a, mask)
+    chunked = get_method(method).estimate(a, mask)
     assert torch.get_num_threads() == 2  # restored after the pool
     torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", NAMES)
 def test_inference_mode_and_empty_batch(method):
     a, mask = sample(batch=200, m=5, n=5, dtype=torch.float32)
     with torch.inference_mode():
-        out = get_estimator(method)(a, mask)
+        out = get_method(method).estimate(a, mask)
     assert out.shape == a.shape and torch.isfinite(out).all()
-    empty = get_estimator(method)(a[:0], mask[:0])
+    empty = get_method(method).estimate(a[:0], mask[:0])
     assert empty.shape == (0, 5, 5)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", NAMES)
 def test_output_dtype_follows_input(method):
     for dtype in (torch.float32, torch.float64):
         a, mask = sample(dtype=dtype)
-        assert get_estimator(method)(a, mask).dtype == dtype
+        assert get_method(method).estimate(a, mask).dtype == dtype
 
 
 @pytest.mark.parametrize("method", ["softimpute", "nucnorm"])
 def test_iterative_estimators_carry_no_gradient(method):
     a, mask = sample()
     a.requires_grad_(True)
-    assert not get_estimator(method)(a, mask).requires_grad
+    assert not get_method(method).estimate(a, mask).requires_grad
 
 
 def test_memory_is_bounded_by_chunking():
@@ -145,6 +149,6 @@ def test_memory_is_bounded_by_chunking():
         line.split()[2]: float(line.split(": ")[1].split(" MiB")[0].replace(",", ""))
         for line in result.stdout.splitlines() if line.startswith("peak memory")
     }
-    assert sorted(growth) == METHODS
+    assert sorted(growth) == NAMES
     for method, mib in growth.items():
         assert mib < 150, f"{method}: peak memory grew by {mib:.0f} MiB beyond input and output"

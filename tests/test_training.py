@@ -325,3 +325,32 @@ def test_every_recipe_is_a_valid_config():
         config = config_from_dict(load_recipe(path))
         config.validate()
         assert config.name == path.stem, path
+
+
+def test_checkpoint_errors_are_one_actionable_line(tmp_path):
+    from torch import nn
+
+    fit(config_from_dict(tiny("vanilla", "run", epochs=1, eval_every=0)), tmp_path)
+    run = tmp_path / "run"
+    model_pt, config_yaml = run / "model.pt", run / "config.yaml"
+    good_config = config_yaml.read_text()
+    config_yaml.write_text("name: [unclosed\n  mode: vanilla\n")
+    with pytest.raises(CheckpointError) as err:
+        load_model(run)
+    assert "\n" not in str(err.value) and "config.yaml: not valid YAML" in str(err.value)
+    config_yaml.write_text(good_config)
+    # Weights of another architecture: one line naming the first mismatched keys and the model they fit.
+    from menet.models import build_model_for_dataset
+
+    save_atomic(build_model_for_dataset("resnet18", "fashion-mnist").state_dict(), model_pt)
+    with pytest.raises(CheckpointError) as err:
+        load_model(run)
+    message = str(err.value)
+    assert "\n" not in message and len(message) < 400, message
+    assert "do not fit a lenet" in message and "they fit resnet18" in message and "missing: body." in message
+    # Pickled code: refused, without torch's advice to load it with weights_only=False.
+    torch.save(nn.Linear(2, 2), model_pt)
+    with pytest.raises(CheckpointError) as err:
+        load_model(run)
+    assert "\n" not in str(err.value) and "refuses to load" in str(err.value)
+    assert "weights_only" not in str(err.value)

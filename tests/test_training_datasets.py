@@ -7,7 +7,8 @@ import pytest
 from official_files import write_cifar, write_split, write_svhn, write_tiny_imagenet
 
 from menet.config import config_from_dict
-from menet.training import fit, load_model
+from menet.runs import load_model
+from menet.training import fit
 
 MODELS = {"mnist": "lenet", "cifar10": "resnet18", "svhn": "resnet18", "tiny-imagenet": "densenet121"}
 

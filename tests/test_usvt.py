@@ -13,25 +13,24 @@ from menet.estimation import usvt
 from menet.estimation.reference import usvt_reference
 
 
-@pytest.mark.parametrize("rank", [None, 3, 0.8])
+@pytest.mark.parametrize(("options", "k"), [({}, None), ({"rank": 3}, 3), ({"rank_fraction": 0.8}, 9)])
 @pytest.mark.parametrize("p", [0.3, 0.8])
-def test_matches_numpy_reference_on_low_rank_plus_noise(rank, p):
+def test_matches_numpy_reference_on_low_rank_plus_noise(options, k, p):
     a = low_rank_plus_noise(16, 12, 20, rank=2, noise=0.1, seed=1)
     mask = bernoulli_mask(a.shape, p, seed=2)
-    k = int(0.8 * 12) if rank == 0.8 else rank
-    expected = usvt_reference(a, mask, rank=k)
-    got = usvt(torch.from_numpy(a), torch.from_numpy(mask), rank=rank)
+    expected = usvt_reference(a, mask, rank=k)  # int(0.8 * min(12, 20)) = 9
+    got = usvt(torch.from_numpy(a), torch.from_numpy(mask), **options)
     np.testing.assert_allclose(got.numpy(), expected, atol=1e-9)
 
 
-@pytest.mark.parametrize("rank", [None, 0.8])
-def test_matches_numpy_reference_on_fashion_mnist(fashion_matrices, rank):
+@pytest.mark.parametrize("rank_fraction", [None, 0.8])
+def test_matches_numpy_reference_on_fashion_mnist(fashion_matrices, rank_fraction):
     a = fashion_matrices.numpy()
     mask = bernoulli_mask(a.shape, 0.5, seed=3)
-    expected = usvt_reference(a, mask, rank=None if rank is None else int(0.8 * 28))
-    got = usvt(torch.from_numpy(a), torch.from_numpy(mask), rank=rank)
+    expected = usvt_reference(a, mask, rank=None if rank_fraction is None else int(0.8 * 28))
+    got = usvt(torch.from_numpy(a), torch.from_numpy(mask), rank_fraction=rank_fraction)
     np.testing.assert_allclose(got.numpy(), expected, atol=1e-8)
-    got32 = usvt(torch.from_numpy(a).float(), torch.from_numpy(mask), rank=rank)
+    got32 = usvt(torch.from_numpy(a).float(), torch.from_numpy(mask), rank_fraction=rank_fraction)
     np.testing.assert_allclose(got32.numpy(), expected, atol=2e-3)
 
 

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+import logging
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
+log = logging.getLogger(__name__)
 MODES = ("vanilla", "menet", "menet-adv", "madry")
+MODE_HELP = {
+    "vanilla": "plain training of the network",
+    "menet": "ME-Net: train on masked-and-reconstructed images (defense.*)",
+    "menet-adv": "ME-Net + adversarial training: BPDA PGD through the defense (defense.*, attack.*)",
+    "madry": "Madry et al.'s PGD adversarial training of the plain network (attack.*)",
+}
+# Fields that do not change the trained weights: a resumed run may change them.
+NON_WEIGHT_FIELDS = ("name", "data_dir", "verify_checksums", "eval_every", "test_limit")
 MASK_STRATEGIES = ("fresh", "cached")
 OPTIMIZERS = ("sgd", "adam")
 
@@ -77,14 +88,19 @@ class TrainConfig:
     model_options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
-        """Raise ConfigError naming the first invalid field; does no work."""
+        """Raise ConfigError naming the first invalid field; does no work on data.
+
+        Checks every field, the estimator options (names against the estimator's signature,
+        values by the estimator's own checks on a blank matrix of the dataset's shape) and
+        the model options (by building the model once); warns about sections the mode ignores.
+        """
         from menet.data import DATASETS
-        from menet.estimation import ESTIMATORS
+        from menet.estimation import METHODS
         from menet.estimation.layout import LAYOUTS
         from menet.models import model_names
 
         checks = [
-            ("name", bool(self.name) and "/" not in self.name, "a non-empty run name without '/'"),
+            ("name", isinstance(self.name, str) and bool(self.name) and "/" not in self.name, "a non-empty run name without '/'"),
             ("dataset", self.dataset in DATASETS, f"one of {', '.join(DATASETS)}"),
             ("model", self.model in model_names(), f"one of {', '.join(model_names())}"),
             ("mode", self.mode in MODES, f"one of {', '.join(MODES)}"),
@@ -94,7 +110,10 @@ class TrainConfig:
             ("momentum", _num(self.momentum) and 0 <= self.momentum < 1, "a number in [0, 1)"),
             ("weight_decay", _num(self.weight_decay) and self.weight_decay >= 0, "a number >= 0"),
             ("lr_milestones", all(_int(m) and m >= 0 for m in self.lr_milestones), "ints >= 0"),
+            ("lr_gamma", _num(self.lr_gamma) and 0 < self.lr_gamma <= 1, "a number in (0, 1]"),
             ("masks", self.masks in MASK_STRATEGIES, f"one of {', '.join(MASK_STRATEGIES)}"),
+            ("masks", self.masks == "fresh" or self.mode == "menet",
+             "fresh unless mode is menet (cached reconstructions are ME-Net training data)"),
             ("optimizer", self.optimizer in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
             ("amp", isinstance(self.amp, bool), "true or false"),
             ("verify_checksums", isinstance(self.verify_checksums, bool), "true or false"),
@@ -102,12 +121,15 @@ class TrainConfig:
             ("train_limit", self.train_limit is None or (_int(self.train_limit) and self.train_limit >= 1), "an int >= 1 or null"),
             ("eval_every", _int(self.eval_every) and self.eval_every >= 0, "an int >= 0"),
             ("test_limit", self.test_limit is None or (_int(self.test_limit) and self.test_limit >= 1), "an int >= 1 or null"),
-            ("defense.method", self.defense.method in ESTIMATORS, f"one of {', '.join(ESTIMATORS)}"),
+            ("data_dir", self.data_dir is None or isinstance(self.data_dir, str), "a path or null"),
+            ("model_options", isinstance(self.model_options, dict), "a mapping"),
+            ("defense.method", self.defense.method in METHODS, f"one of {', '.join(METHODS)}"),
             ("defense.layout", self.defense.layout in LAYOUTS, f"one of {', '.join(LAYOUTS)}"),
             ("defense.p_start", _prob(self.defense.p_start), "a number in (0, 1]"),
             ("defense.p_end", _prob(self.defense.p_end) and self.defense.p_end >= self.defense.p_start, "a number in [p_start, 1]"),
             ("defense.n_masks", _int(self.defense.n_masks) and self.defense.n_masks >= 1, "an int >= 1"),
             ("defense.p_infer", self.defense.p_infer is None or _prob(self.defense.p_infer), "a number in (0, 1] or null"),
+            ("defense.options", isinstance(self.defense.options, dict), "a mapping of estimator options"),
             ("attack.eps", _num(self.attack.eps) and self.attack.eps >= 0, "a number >= 0"),
             ("attack.step", _num(self.attack.step) and self.attack.step >= 0, "a number >= 0"),
             ("attack.steps", _int(self.attack.steps) and self.attack.steps >= 0, "an int >= 0"),
@@ -116,6 +138,47 @@ class TrainConfig:
             if not ok:
                 value = _get(self, name)
                 raise ConfigError(f"config field {name} must be {expected}, got {value!r}")
+        self.defense_options()  # estimator option names and values
+        from menet.models import build_model_for_dataset
+
+        try:  # on the meta device: no memory, no weight init, the caller's RNG untouched
+            with torch.device("meta"):
+                build_model_for_dataset(self.model, self.dataset, **self.model_options)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"config field model_options does not suit {self.model}: {err}") from None
+        if not self.defended and self.defense != DefenseConfig(p_infer=self.defense.p_infer):
+            log.warning("mode %s ignores the defense section (it applies to menet and menet-adv)", self.mode)
+        if self.mode in ("vanilla", "menet") and self.attack != AttackConfig():
+            log.warning("mode %s ignores the attack section (it applies to madry and menet-adv)", self.mode)
+
+    def defense_options(self) -> dict[str, Any]:
+        """The estimator options, complete and checked against the dataset's matrix shape;
+        ConfigError naming ``defense.options`` otherwise."""
+        from menet.data import get_dataset_spec
+        from menet.estimation import get_method
+        from menet.estimation.layout import matrix_mask_shape
+
+        c, h, w = get_dataset_spec(self.dataset).image_shape
+        shape = matrix_mask_shape((1, c, h, w), self.defense.layout)[-2:]
+        try:
+            return get_method(self.defense.method).check_options(self.defense.options, shape)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"config field defense.options is invalid for {self.defense.method}: {err}") from None
+
+    def resolved(self) -> TrainConfig:
+        """This config with the defense made explicit: the inference p (default: mean of the
+        training keep-probabilities) and every estimator option by name. Validates first."""
+        self.validate()
+        defense = replace(self.defense, p_infer=self.defense.inference_p())
+        if self.defended:  # other modes leave the (ignored) defense section as given
+            defense = replace(defense, options=self.defense_options())
+        return replace(self, defense=defense)
+
+    def weights_differ(self, other: TrainConfig) -> list[str]:
+        """The fields, beyond NON_WEIGHT_FIELDS, in which ``other`` differs (dotted names)."""
+        mine, theirs = _flatten(self.to_dict()), _flatten(other.to_dict())
+        keys = sorted(set(mine) | set(theirs))
+        return [k for k in keys if k.split(".")[0] not in NON_WEIGHT_FIELDS and mine.get(k) != theirs.get(k)]
 
     @property
     def defended(self) -> bool:
@@ -138,6 +201,16 @@ def _num(v: object) -> bool:
 
 def _prob(v: object) -> bool:
     return _num(v) and 0 < v <= 1
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key in ("defense", "attack"):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
 
 
 def _get(obj: object, dotted: str) -> object:

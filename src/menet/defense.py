@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from menet.estimation import get_estimator
+from menet.estimation import METHODS, get_method
 from menet.estimation.layout import (
     check_layout,
     images_to_matrices,
@@ -18,9 +17,6 @@ from menet.estimation.layout import (
 from menet.masking import check_probability, random_mask
 
 GRADIENTS = ("bpda", "exact")
-# The original code keeps the top 80% of singular values with USVT (its "svdprob").
-METHOD_DEFAULTS: dict[str, dict[str, Any]] = {"usvt": {"rank": 0.8}, "softimpute": {}, "nucnorm": {}}
-_DIFFERENTIABLE = ("usvt",)
 
 
 def check_images(images: Tensor) -> None:
@@ -43,8 +39,10 @@ class MatrixEstimation(nn.Module):
     to [-1, 1], draw one keep-mask per image with probability ``p``, build matrices per
     ``layout`` ("concat": one H x (C*W) matrix and mask per image; "separate": one H x W
     matrix per channel sharing one H x W mask), estimate with ``method`` ("usvt",
-    "softimpute", "nucnorm"; keyword arguments go to the estimator, e.g. ``rank`` for USVT,
-    default 0.8 as in the original code), map back and clip to [0, 1].
+    "softimpute", "nucnorm"; keyword arguments go to the estimator, e.g. ``rank`` (a count)
+    or ``rank_fraction`` for USVT, whose default is rank_fraction=0.8 as in the original
+    code; ``rank_fraction=None`` selects Chatterjee's threshold), map back and clip to [0, 1].
+    ``options`` holds every estimator option by name, defaults filled in.
 
     ``gradient="bpda"``: the backward pass is the identity (Athalye et al., 2018); the
     estimator is never differentiated. ``gradient="exact"`` (USVT only) differentiates
@@ -63,31 +61,27 @@ class MatrixEstimation(nn.Module):
         **kwargs: Any,
     ) -> None:
         super().__init__()
-        estimator = get_estimator(method)
+        spec = get_method(method)
         check_probability(p)
         check_layout(layout)
         if gradient not in GRADIENTS:
             raise ValueError(f"unknown gradient {gradient!r}; valid: {', '.join(GRADIENTS)}")
-        if gradient == "exact" and method not in _DIFFERENTIABLE:
+        if gradient == "exact" and not spec.differentiable:
+            differentiable = [name for name, m in METHODS.items() if m.differentiable]
             raise ValueError(
-                f"gradient='exact' is only available for {', '.join(_DIFFERENTIABLE)}; "
+                f"gradient='exact' is only available for {', '.join(differentiable)}; "
                 f"{method!r} is iterative and not differentiable: use gradient='bpda'"
-            )
-        options = {**METHOD_DEFAULTS[method], **kwargs}
-        accepted = set(inspect.signature(estimator).parameters) - {"a", "mask"}
-        unknown = set(options) - accepted
-        if unknown:
-            raise TypeError(
-                f"unknown option(s) {sorted(unknown)} for method {method!r}; valid: {sorted(accepted)}"
             )
         self.method, self.p, self.layout, self.gradient = method, float(p), layout, gradient
         self.generator = generator
-        self.options = options
-        self._estimator = estimator
+        self.options = spec.resolve_options(kwargs)
+        self._spec = spec
 
     def extra_repr(self) -> str:
         opts = "".join(f", {k}={v!r}" for k, v in self.options.items())
-        return f"method={self.method!r}, p={self.p}, layout={self.layout!r}, gradient={self.gradient!r}{opts}"
+        rule = self._spec.rule(self.options)
+        described = "" if rule is None else f", rule={rule!r}"
+        return f"method={self.method!r}, p={self.p}, layout={self.layout!r}, gradient={self.gradient!r}{opts}{described}"
 
     def draw_mask(self, images: Tensor, p: float | Tensor | None = None) -> Tensor:
         """One keep-mask per image, shaped for :meth:`reconstruct` (see ``matrix_mask_shape``)."""
@@ -115,10 +109,10 @@ class MatrixEstimation(nn.Module):
             matrices = images_to_matrices(images.to(work_dtype) * 2.0 - 1.0, self.layout)
             full_mask = mask.expand(matrices.shape)
             if self.gradient == "exact":
-                estimate = self._estimator(matrices, full_mask, **self.options)
+                estimate = self._spec.estimate(matrices, full_mask, **self.options)
             else:
                 with torch.no_grad():
-                    estimate = self._estimator(matrices.detach(), full_mask, **self.options)
+                    estimate = self._spec.estimate(matrices.detach(), full_mask, **self.options)
             recon = matrices_to_images((estimate + 1.0) * 0.5, tuple(images.shape), self.layout)
             recon = recon.clamp(0.0, 1.0).to(images.dtype)
         if self.gradient == "bpda" and images.requires_grad:

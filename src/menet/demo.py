@@ -13,7 +13,7 @@ from menet.data import load_dataset
 from menet.defense import MatrixEstimation
 from menet.estimation.layout import matrices_to_images
 from menet.figures.demo import plot_rank_distribution, plot_reconstruction_grid
-from menet.io import write_text_atomic
+from menet.io_atomic import write_text_atomic
 from menet.progress import Progress, no_progress
 
 DEMO_PS = (0.2, 0.4, 0.6, 0.8, 1.0)

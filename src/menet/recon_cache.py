@@ -20,7 +20,7 @@ import torch
 from menet.config import TrainConfig
 from menet.data import to_float
 from menet.defense import MatrixEstimation
-from menet.io import atomic_path
+from menet.io_atomic import atomic_path
 from menet.progress import Progress, no_progress
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -32,27 +32,27 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-import yaml
 from torch import nn
 
-from menet.attacks import pgd_linf
+from menet.attacks.base import random_start
+from menet.attacks.pgd import pgd_loop
 from menet.checkpoint import (
     CheckpointError,
     load_state_into,
     load_weights_only,
     save_atomic,
 )
-from menet.config import TrainConfig, config_from_dict
+from menet.config import TrainConfig
 from menet.data import augment, get_dataset_spec, load_dataset, to_float
 from menet.defense import MatrixEstimation, MENet
 from menet.evaluation import count_correct
-from menet.io import write_text_atomic
+from menet.io_atomic import write_text_atomic
 from menet.models import build_model_for_dataset
 from menet.progress import Progress, no_progress
 from menet.recon_cache import cached_reconstructions
+from menet.runs import RUN_FILES, build_defense, deployed_model, write_config
 
 log = logging.getLogger(__name__)
-RUN_FILES = ("last.pt", "model.pt", "history.csv", "history.jsonl")  # besides config.yaml
 HISTORY_FIELDS = ("epoch", "loss", "accuracy", "test_accuracy", "lr", "seconds", "images_per_s")
 
 
@@ -70,18 +70,6 @@ def _stream_seed(seed: int, epoch: int, stream: int, rank: int = 0) -> int:
 
 def _stream_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed(_stream_seed(seed, epoch, stream))
-
-
-def build_defense(config: TrainConfig, p: float | None = None, generator: torch.Generator | None = None) -> MatrixEstimation:
-    """The run's MatrixEstimation at keep-probability ``p`` (default: the inference p)."""
-    d = config.defense
-    return MatrixEstimation(d.method, p=d.inference_p() if p is None else p, layout=d.layout, generator=generator, **d.options)
-
-
-def deployed_model(config: TrainConfig, network: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
-    """The run's model as deployed: MENet(network, defense at the inference p) for ME-Net
-    modes (masks from ``generator``), else the network itself."""
-    return MENet(network, build_defense(config, generator=generator)) if config.defended else network
 
 
 @dataclass(frozen=True)
@@ -132,10 +120,10 @@ def _training_inputs(config: TrainConfig, model: nn.Module, defense: MatrixEstim
         return defense.reconstruct(x, defense.draw_mask(x, p))
     model.eval()  # attack a fixed network: batch-norm statistics are not updated by PGD
     try:
-        if config.mode == "madry":
-            return pgd_linf(model, x, labels, eps=a.eps, step=a.step, steps=a.steps, generator=gen)
-        adv = pgd_linf(MENet(model, defense), x, labels, eps=a.eps, step=a.step, steps=a.steps, generator=gen)
-        return defense(adv)  # BPDA attack through the defense, then train on its reconstruction
+        target = model if config.mode == "madry" else MENet(model, defense)
+        adv, _, _ = pgd_loop(target, x, labels, eps=a.eps, step_size=a.step, steps=a.steps,
+                             start=random_start(x, a.eps, gen), keep_best=False)
+        return adv if config.mode == "madry" else defense(adv)  # BPDA attack through the defense, then train on its reconstruction
     finally:
         model.train()
 
@@ -188,9 +176,8 @@ def fit(
     ``stop_after_steps`` raises TrainingInterrupted after that many optimisation steps (a
     test hook standing in for a kill).
     """
-    config.validate()
-    # The inference keep-probability (default: mean of the training ones) is saved with the run.
-    config = replace(config, defense=replace(config.defense, p_infer=config.defense.inference_p()))
+    # The inference keep-probability and every estimator option are saved with the run.
+    config = config.resolved()
     run = Path(runs_dir) / config.name
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other")
@@ -219,7 +206,7 @@ def fit(
     elif place.is_main:
         for name in RUN_FILES:  # starting over: no file of the old run may outlive it
             (run / name).unlink(missing_ok=True)
-        write_text_atomic(run / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+        write_config(run, config)
 
     core.to(place.device)
     _move_optimizer_state(optimizer, place.device)
@@ -373,15 +360,3 @@ def _write_epoch(run: Path, model: nn.Module, optimizer: torch.optim.Optimizer, 
 
 def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in state.items()}
-
-
-def load_model(run_dir: str | Path) -> nn.Module:
-    """Rebuild the trained model of a run: the plain network, or MENet for ME-Net modes."""
-    run = Path(run_dir)
-    try:
-        config = config_from_dict(yaml.safe_load((run / "config.yaml").read_text()))
-    except FileNotFoundError:
-        raise CheckpointError(f"{run}: no config.yaml: not a menet run directory") from None
-    model = build_model_for_dataset(config.model, config.dataset, **config.model_options)
-    load_state_into(model, load_weights_only(run / "model.pt"), str(run / "model.pt"), config.model)
-    return deployed_model(config, model).eval()

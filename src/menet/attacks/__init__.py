@@ -1,5 +1,24 @@
-"""Attacks on models that take [0, 1] images."""
+"""Attacks on models that take [0, 1] images, behind one registry.
 
-from menet.attacks.pgd import pgd_linf
+All are called as ``attack(model, images, labels, *, generator=None) -> adversarial images``
+(see ``menet.attacks.base``). ``build_attack(name, **settings)`` builds a registered attack;
+``attack_names()`` lists them; ``eot`` and ``transfer`` wrap others.
+"""
 
-__all__ = ["pgd_linf"]
+from menet.attacks import pgd  # noqa: F401  (registers the attacks)
+from menet.attacks.base import (
+    Attack,
+    attack_names,
+    build_attack,
+    describe_attack,
+    get_attack_class,
+    register_attack,
+)
+from menet.attacks.eot import eot
+from menet.attacks.pgd import FGSM, PGD, pgd_loop
+from menet.attacks.transfer import Transfer, transfer
+
+__all__ = [
+    "FGSM", "PGD", "Attack", "Transfer", "attack_names", "build_attack", "describe_attack", "eot",
+    "get_attack_class", "pgd_loop", "register_attack", "transfer",
+]

@@ -1,41 +1,165 @@
-"""L-infinity projected gradient descent (Madry et al., 2018)."""
+"""L-inf projected gradient descent (Madry et al., 2018) and FGSM (Goodfellow et al., 2015).
+
+Through a defended model whose preprocessing uses BPDA (``load_model(run, gradient="bpda")``)
+PGD is the paper's white-box BPDA attack; wrapped by ``eot`` it averages each step's gradient
+over fresh random masks; ``loss="cw"`` makes it the L-inf CW attack (PGD on the margin loss).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from menet.attacks.base import (
+    Attack,
+    check_loss,
+    check_number,
+    loss_gradient,
+    project_linf,
+    random_start,
+    register_attack,
+)
 
-def pgd_linf(
+GradTransform = Callable[[Tensor], Tensor]
+
+
+def _better(loss: Tensor, fooled: Tensor, best_loss: Tensor, best_fooled: Tensor) -> Tensor:
+    """Where (fooled, loss) beats (best_fooled, best_loss): fooled first, then higher loss."""
+    return (fooled & ~best_fooled) | ((fooled == best_fooled) & (loss > best_loss))
+
+
+def pgd_loop(
     model: nn.Module,
     images: Tensor,
     labels: Tensor,
     *,
     eps: float,
-    step: float,
+    step_size: float,
     steps: int,
-    random_start: bool = True,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """Untargeted L-inf PGD maximising cross-entropy; returns adversarial images in [0, 1].
+    start: Tensor,
+    loss: str = "ce",
+    samples: int = 1,
+    keep_best: bool = True,
+    grad_transform: GradTransform | None = None,
+    max_batch: int = 1024,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """PGD from ``start``: ``steps`` signed-gradient steps of ``step_size``, each projected on
+    the eps-ball around ``images`` and [0, 1]. Returns (adversarial, loss, fooled) per example.
 
-    images (N, C, H, W) in [0, 1], labels (N,). With a defended model whose preprocessing
-    uses BPDA, this is the BPDA attack. The model's train/eval mode is left as it is.
-    Example: ``adv = pgd_linf(model, x, y, eps=8/255, step=2/255, steps=7)``.
+    ``samples`` > 1 averages each gradient over that many forward passes (EOT).
+    ``keep_best``: return per example the most adversarial iterate seen (fooled first, then
+    the highest loss), the final one included; otherwise the last iterate (training's choice).
+    ``grad_transform`` maps each gradient before its sign is taken (projected BPDA).
+    The model's mode is left as it is: callers put it in eval mode.
     """
-    if eps < 0 or step < 0 or steps < 0:
-        raise ValueError(f"eps, step and steps must be >= 0, got {eps}, {step}, {steps}")
-    original = images.detach()
-    adv = original.clone()
-    if random_start and eps > 0:
-        device = generator.device if generator is not None else adv.device
-        noise = torch.rand(adv.shape, generator=generator, device=device, dtype=adv.dtype).to(adv.device)
-        adv = (adv + (2 * noise - 1) * eps).clamp(0, 1)
-    for _ in range(steps):
-        adv.requires_grad_(True)
-        loss = F.cross_entropy(model(adv), labels)
-        (grad,) = torch.autograd.grad(loss, adv)
-        adv = adv.detach() + step * grad.sign()
-        adv = torch.min(torch.max(adv, original - eps), original + eps).clamp(0, 1)
-    return adv.detach()
+    adv = start.detach()
+    n = len(images)
+    best = adv.clone()
+    best_loss = torch.full((n,), float("-inf"), device=images.device)
+    best_fooled = torch.zeros(n, dtype=torch.bool, device=images.device)
+    for step in range(steps + (1 if keep_best else 0)):
+        last = step == steps  # only with keep_best: score the final iterate (its gradient unused)
+        current = loss_gradient(model, adv, labels, loss, samples, max_batch)
+        if keep_best:
+            better = _better(current.loss, current.fooled, best_loss, best_fooled)
+            best[better] = adv[better]
+            best_loss = torch.where(better, current.loss, best_loss)
+            best_fooled = best_fooled | current.fooled
+        if last:
+            break
+        grad = current.grad if grad_transform is None else grad_transform(current.grad)
+        adv = project_linf(adv + step_size * grad.sign(), images, eps).detach()
+    if keep_best:
+        return best, best_loss, best_fooled
+    return adv, best_loss, best_fooled
+
+
+@register_attack
+@dataclasses.dataclass(frozen=True)
+class PGD(Attack):
+    """L-inf PGD (Madry et al., 2018): random start, signed steps, restarts, best iterate kept.
+
+    eps: L-inf budget (default 8/255); step_size (2/255); steps (40); random_start (True);
+    restarts (1: restarts > 1 run again from new random starts on the examples not yet
+    fooled); loss: "ce" (cross-entropy) or "cw" (the L-inf CW margin loss); eot: gradient
+    samples per step (1; see ``eot``); keep_best: return per example the most adversarial
+    iterate seen (misclassified first, then highest loss) rather than the last one.
+    Example: ``PGD(eps=8/255, step_size=2/255, steps=1000)(model, x, y, generator=g)``.
+    """
+
+    name = "pgd"
+    step_size: float = 2 / 255
+    steps: int = 40
+    random_start: bool = True
+    restarts: int = 1
+    loss: str = "ce"
+    eot: int = 1
+    keep_best: bool = True
+    max_batch: int = 1024
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_number("step_size", self.step_size, low=0.0)
+        check_number("steps", self.steps, low=0, integer=True)
+        check_number("restarts", self.restarts, low=1, integer=True)
+        check_number("eot", self.eot, low=1, integer=True)
+        check_number("max_batch", self.max_batch, low=1, integer=True)
+        check_loss(self.loss)
+
+    def start(self, model: nn.Module, images: Tensor, generator: torch.Generator | None) -> Tensor:
+        """Where one restart begins: a random point of the ball, or the image itself."""
+        return random_start(images, self.eps, generator) if self.random_start and self.eps > 0 else images
+
+    def grad_transform(self, model: nn.Module, images: Tensor) -> GradTransform | None:
+        """How each gradient is mapped before its sign is taken (none for plain PGD)."""
+        return None
+
+    def run(self, model: nn.Module, images: Tensor, labels: Tensor, generator: torch.Generator | None) -> Tensor:
+        result = images.clone()
+        best_loss = torch.full((len(images),), float("-inf"), device=images.device)
+        best_fooled = torch.zeros(len(images), dtype=torch.bool, device=images.device)
+        for _ in range(self.restarts):
+            todo = (~best_fooled).nonzero().squeeze(1)
+            if len(todo) == 0:
+                break
+            x, y = images[todo], labels[todo]
+            adv, loss, fooled = pgd_loop(
+                model, x, y, eps=self.eps, step_size=self.step_size, steps=self.steps,
+                start=self.start(model, x, generator), loss=self.loss, samples=self.eot,
+                keep_best=self.keep_best, grad_transform=self.grad_transform(model, x), max_batch=self.max_batch,
+            )
+            better = _better(loss, fooled, best_loss[todo], best_fooled[todo]) if self.keep_best else torch.ones_like(fooled)
+            chosen = todo[better]
+            result[chosen] = adv[better]
+            best_loss[chosen] = loss[better]
+            best_fooled[chosen] = fooled[better]
+        return result
+
+
+@register_attack
+@dataclasses.dataclass(frozen=True)
+class FGSM(Attack):
+    """FGSM (Goodfellow et al., 2015): one signed-gradient step of size eps from the image.
+
+    eps: L-inf budget (default 8/255); loss: "ce" or "cw"; eot: gradient samples (1).
+    Example: ``FGSM(eps=8/255)(model, x, y)``.
+    """
+
+    name = "fgsm"
+    loss: str = "ce"
+    eot: int = 1
+    max_batch: int = 1024
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_number("eot", self.eot, low=1, integer=True)
+        check_number("max_batch", self.max_batch, low=1, integer=True)
+        check_loss(self.loss)
+
+    def run(self, model: nn.Module, images: Tensor, labels: Tensor, generator: torch.Generator | None) -> Tensor:
+        adv, _, _ = pgd_loop(model, images, labels, eps=self.eps, step_size=self.eps, steps=1, start=images,
+                             loss=self.loss, samples=self.eot, keep_best=False, max_batch=self.max_batch)
+        return adv

@@ -16,7 +16,7 @@ import torch
 
 from menet.data.errors import DatasetError
 from menet.data.imageset import ImageSet
-from menet.io import atomic_path
+from menet.io_atomic import atomic_path
 
 SOURCE = "http://cs231n.stanford.edu/tiny-imagenet-200.zip (unzip it)"
 FOLDER = "tiny-imagenet-200"

@@ -14,28 +14,46 @@ from menet.estimation._batching import (
 from menet.estimation.spectral import spectral_filter
 
 
-def _resolve_rank(rank: int | float | None, m: int, n: int) -> int | None:
-    if rank is None:
-        return None
-    if isinstance(rank, bool) or not isinstance(rank, (int, float)):
-        raise TypeError(f"rank must be None, an int or a float in (0, 1], got {rank!r}")
-    if isinstance(rank, float):
-        if not 0.0 < rank <= 1.0:
-            raise ValueError(f"a float rank is a fraction of m and must lie in (0, 1], got {rank}")
-        k = int(rank * m)
+def _resolve_rank(rank: int | None, rank_fraction: float | None, m: int, n: int) -> int | None:
+    """How many singular values to keep: ``rank``, int(rank_fraction * min(m, n)), or None
+    (Chatterjee's threshold). Each parameter has one meaning: a float rank is refused."""
+    if rank is not None and rank_fraction is not None:
+        raise ValueError(f"give rank (a count) or rank_fraction (a fraction), not both: got {rank!r} and {rank_fraction!r}")
+    if rank is not None:
+        if isinstance(rank, bool) or not isinstance(rank, int):
+            hint = f"; for a fraction of the singular values use rank_fraction={rank!r}" if isinstance(rank, float) else ""
+            raise TypeError(f"rank must be an int count of singular values, got {rank!r}{hint}")
+        if not 1 <= rank <= min(m, n):
+            raise ValueError(f"rank must lie in [1, min(m, n)] = [1, {min(m, n)}], got {rank}")
+        return rank
+    if rank_fraction is not None:
+        if isinstance(rank_fraction, bool) or not isinstance(rank_fraction, (int, float)):
+            raise TypeError(f"rank_fraction must be a number in (0, 1], got {rank_fraction!r}")
+        if not 0.0 < rank_fraction <= 1.0:
+            raise ValueError(f"rank_fraction is a fraction of min(m, n) and must lie in (0, 1], got {rank_fraction}")
+        k = int(rank_fraction * min(m, n))
         if k < 1:
-            raise ValueError(f"rank fraction {rank} of m={m} keeps no singular value")
-        return min(k, m, n)
-    if not 1 <= rank <= min(m, n):
-        raise ValueError(f"an int rank must lie in [1, min(m, n)] = [1, {min(m, n)}], got {rank}")
-    return rank
+            raise ValueError(f"rank_fraction {rank_fraction} of min(m, n) = {min(m, n)} keeps no singular value")
+        return k
+    return None
+
+
+def usvt_rule(rank: int | None = None, rank_fraction: float | None = None, eta: float = 0.01, **_: object) -> str:
+    """The USVT rule these options select, in words (for reprs and run files)."""
+    if rank is not None:
+        return f"top {rank} singular values"
+    if rank_fraction is not None:
+        original = " (the original ME-Net code's svdprob)" if rank_fraction == 0.8 else ""
+        return f"top {rank_fraction:.0%} of singular values{original}"
+    return f"Chatterjee's threshold (2 + eta) sqrt(max(m, n) p_hat), eta={eta:g}"
 
 
 def usvt(
     a: Tensor,
     mask: Tensor,
     *,
-    rank: int | float | None = None,
+    rank: int | None = None,
+    rank_fraction: float | None = None,
     eta: float = 0.01,
     clip: tuple[float, float] | None = (-1.0, 1.0),
 ) -> Tensor:
@@ -44,8 +62,9 @@ def usvt(
     a: float32/float64 (..., m, n) on any device; mask: bool, same shape, True = observed.
     Unobserved entries of ``a`` are ignored. With p_hat the observed fraction of each matrix,
     the singular values of the zero-filled matrix that are >= (2 + eta) * sqrt(max(m, n) * p_hat)
-    are kept (or the top ``rank`` ones: an int k, or a float in (0, 1] meaning int(rank * m)),
-    the result is rescaled by 1 / p_hat and clipped to ``clip`` (None: no clipping).
+    are kept (Chatterjee's rule, when neither ``rank`` nor ``rank_fraction`` is given), or the
+    top ``rank`` ones (an int count), or the top int(rank_fraction * min(m, n)) ones (a
+    fraction in (0, 1]; the original ME-Net code used 0.8); the result is rescaled by 1 / p_hat and clipped to ``clip`` (None: no clipping).
     Differentiable with respect to ``a`` (unstable where kept and dropped singular values are
     close). Returns a tensor like ``a``.
     """
@@ -54,7 +73,7 @@ def usvt(
     if clip is not None and not (len(clip) == 2 and clip[0] < clip[1]):
         raise ValueError(f"clip must be None or (low, high) with low < high, got {clip!r}")
     m, n = a.shape[-2:]
-    k = _resolve_rank(rank, m, n)
+    k = _resolve_rank(rank, rank_fraction, m, n)
 
     def estimate(a_chunk: Tensor, mask_chunk: Tensor) -> Tensor:
         p_hat = mask_chunk.flatten(-2).sum(-1).to(a_chunk.dtype) / (m * n)  # (B,)

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from menet.io import atomic_path  # noqa: E402
+from menet.io_atomic import atomic_path  # noqa: E402
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
