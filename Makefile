@@ -7,10 +7,11 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
 .PHONY: demo test data bench clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt requirements-nodeps.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/pip install --quiet --no-deps -r requirements-nodeps.txt
 	touch $(STAMP)
 
 # The built-in data set: Fashion-MNIST from Debian's dataset-fashion-mnist package,
