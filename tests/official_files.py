@@ -42,11 +42,11 @@ def cifar_batch(n: int, seed: int) -> tuple[np.ndarray, list[int], bytes]:
 
 
 
-def write_cifar(directory: Path, archive: bool) -> dict[str, tuple[np.ndarray, list[int]]]:
+def write_cifar(directory: Path, archive: bool, per_batch: int = 3) -> dict[str, tuple[np.ndarray, list[int]]]:
     written = {}
     members = {}
     for seed, name in enumerate(BATCHES["train"] + BATCHES["test"]):
-        data, labels, content = cifar_batch(3, seed)
+        data, labels, content = cifar_batch(per_batch, seed)
         written[name] = (data, labels)
         members[name] = content
     members["batches.meta"] = pickle.dumps({b"label_names": [b"airplane"] * 10}, protocol=2)

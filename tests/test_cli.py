@@ -57,3 +57,22 @@ def test_ensure_data_script_explains_a_wrong_data_dir(tmp_path):
     assert f"MENET_DATA_DIR={tmp_path} does not hold the Fashion-MNIST IDX files" in result.stderr
     ok = subprocess.run(["bash", str(script)], env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
     assert ok.returncode == 0  # the built-in data is installed (make test made sure of it)
+
+
+def test_train_help_lists_modes_fields_and_an_example(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    for mode in ("vanilla", "menet", "menet-adv", "madry"):
+        assert f"\n  {mode} " in out
+    assert "defense.method" in out and "attack.eps" in out and "menet train --set dataset=" in out
+
+
+def test_train_without_a_recipe(tmp_path, capsys):
+    args = ["train", "--runs", str(tmp_path), "--set", "mode=menet", "--set", "dataset=fashion-mnist",
+            "--set", "defense.method=usvt", "--set", "train_limit=32", "--set", "epochs=1", "--set", "eval_every=0", "--quiet"]
+    assert main(args) == 0
+    assert (tmp_path / "fashion-mnist-lenet-menet" / "model.pt").is_file()
+    assert "mode: menet" in (tmp_path / "fashion-mnist-lenet-menet" / "config.yaml").read_text()

@@ -137,6 +137,11 @@ def test_resume_is_exact_with_dropout(tmp_path):
         ({"optimizer": "rmsprop"}, "optimizer"),
         ({"masks": "disk"}, "masks"),
         ({"amp": 3}, "amp"),
+        ({"defense.options": "{rank: 1.5}"}, "defense.options"),  # a float is never a rank
+        ({"defense.options": "{rank: 29}"}, "defense.options"),  # more than min(28, 28)
+        ({"defense.options": "{mu: 2.0}"}, "defense.options"),  # nuclear norm's option, method usvt
+        ({"mode": "madry", "masks": "cached"}, "masks"),
+        ({"model_options": "{depth: 12}"}, "model_options"),
     ],
 )
 def test_bad_config_fails_before_any_work(tmp_path, override, field):
@@ -173,8 +178,39 @@ def test_load_model_errors(tmp_path):
 
 def test_resume_refuses_changed_settings(tmp_path):
     fit(config_from_dict(tiny("vanilla", "r", epochs=1)), tmp_path)
-    with pytest.raises(CheckpointError, match="different config"):
+    with pytest.raises(CheckpointError, match=r"changed: lr \(0.05 -> 0.2\)"):
         fit(config_from_dict(tiny("vanilla", "r", epochs=1, lr=0.2)), tmp_path, resume=True)
+    with pytest.raises(CheckpointError, match=r"defense.options"):
+        fit(config_from_dict(tiny("menet", "m", epochs=1)), tmp_path)
+        fit(config_from_dict(tiny("menet", "m", epochs=1, **{"defense.options": "{rank: 3}"})), tmp_path, resume=True)
+
+
+def test_readme_sequence_resume_without_data_dir(tmp_path, capsys, caplog, monkeypatch):
+    """Train with --set data_dir=..., then --resume without it (the README's own sequence;
+    the second call finds the files through MENET_DATA_DIR)."""
+    import numpy as np
+    from official_files import write_split
+
+    from menet.cli import main
+
+    data = tmp_path / "data"  # tiny MNIST files in the official format, not under MENET_DATA_DIR
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for prefix in ("train", "t10k"):
+        write_split(data, prefix, rng.integers(0, 256, (64, 28, 28), dtype=np.uint8),
+                    rng.integers(0, 10, 64, dtype=np.uint8), compress=False)
+    args = ["train", "--name", "run", "--runs", str(tmp_path / "runs"), "--set", "dataset=mnist",
+            "--set", "verify_checksums=false", "--set", "eval_every=0", "--set", "batch_size=32", "--quiet"]
+    assert main([*args, "--set", "epochs=1", "--set", f"data_dir={data}"]) == 0
+    monkeypatch.setenv("MENET_DATA_DIR", str(data))
+    with caplog.at_level("WARNING"):
+        assert main([*args, "--set", "epochs=2", "--set", "lr=0.5", "--resume"]) == 2  # lr shapes the weights
+        assert "lr (0.1 -> 0.5)" in capsys.readouterr().err
+        assert main([*args, "--set", "epochs=2", "--set", "eval_every=1", "--resume"]) == 0  # one more epoch
+    assert load_weights_only(tmp_path / "runs" / "run" / "last.pt")["epoch"] == 2
+    assert "resuming with new data_dir=None" in caplog.text and "eval_every=1 (was 0)" in caplog.text
+    saved = (tmp_path / "runs" / "run" / "config.yaml").read_text()
+    assert "data_dir: null" in saved and "eval_every: 1" in saved  # the new values are the run's now
 
 
 def test_cli_train_with_recipe_and_overrides(tmp_path, capsys):
@@ -354,3 +390,96 @@ def test_checkpoint_errors_are_one_actionable_line(tmp_path):
         load_model(run)
     assert "\n" not in str(err.value) and "refuses to load" in str(err.value)
     assert "weights_only" not in str(err.value)
+
+
+def test_overwrite_with_a_bad_option_leaves_the_old_run_untouched(tmp_path, capsys):
+    from menet.cli import main
+
+    args = ["train", "--name", "run", "--runs", str(tmp_path), "--set", "mode=menet", "--set", "defense.method=usvt",
+            "--set", "train_limit=32", "--set", "epochs=1", "--set", "eval_every=0", "--quiet"]
+    assert main(args) == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
+    assert main([*args, "--set", "defense.options={rank: 1.5}", "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "defense.options" in err and "rank_fraction=1.5" in err and err.count("\n") == 1
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
+
+
+def test_config_yaml_names_the_usvt_rule(tmp_path):
+    fit(config_from_dict(tiny("menet", "run", epochs=1, eval_every=0)), tmp_path)
+    text = (tmp_path / "run" / "config.yaml").read_text()
+    assert "# defense: usvt, top 80% of singular values (the original ME-Net code's svdprob)" in text
+    assert "rank_fraction: 0.8" in text and "rank: null" in text and "eta: 0.01" in text
+    fit(config_from_dict(tiny("menet", "chatterjee", epochs=1, eval_every=0, **{"defense.options": "{rank_fraction: null}"})), tmp_path)
+    text = (tmp_path / "chatterjee" / "config.yaml").read_text()
+    assert "Chatterjee's threshold" in text and "rank_fraction: null" in text
+    assert "Chatterjee's threshold" in repr(load_model(tmp_path / "chatterjee"))
+
+
+def _spy_classifier_inputs(monkeypatch) -> list[torch.Tensor]:
+    """Record every input of a menet Classifier (what the network trains on)."""
+    from menet.models.base import Classifier
+
+    seen: list[torch.Tensor] = []
+    original = torch.nn.Module.__call__
+
+    def spy(self, *args, **kwargs):
+        if isinstance(self, Classifier):
+            seen.append(args[0].detach().clone())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "__call__", spy)
+    return seen
+
+
+def _tiny_cifar(directory, per_batch: int = 8):
+    from official_files import write_cifar
+
+    directory.mkdir()
+    write_cifar(directory, archive=False, per_batch=per_batch)
+    return {"dataset": "cifar10", "data_dir": str(directory), "verify_checksums": "false"}
+
+
+def test_fresh_and_cached_masks_feed_the_same_augmented_reconstructions(tmp_path, monkeypatch):
+    # p = 1: fresh and cached masks are the same (all kept), and rank-2 USVT is deterministic, so
+    # both modes must feed the crop-and-flip of the same reconstruction of the un-augmented image
+    # (cached copies are rounded to uint8: half a grey level apart at most).
+    data = _tiny_cifar(tmp_path / "data")
+    inputs = {}
+    for masks in ("fresh", "cached"):
+        seen = _spy_classifier_inputs(monkeypatch)
+        settings = tiny("menet", masks, epochs=1, eval_every=0, batch_size=8, train_limit=40, masks=masks, **data,
+                        **{"defense.p_start": 1.0, "defense.n_masks": 1, "defense.options": "{rank: 2}"})
+        fit(config_from_dict(settings), tmp_path / "runs")
+        monkeypatch.undo()
+        inputs[masks] = torch.cat(seen)
+    assert inputs["fresh"].shape == (40, 3, 32, 32)
+    assert (inputs["fresh"] - inputs["cached"]).abs().max() < 0.5 / 255 + 1e-4
+    # ...and the crops are real: some rows are the zero padding, exactly (never reconstructed).
+    assert (inputs["fresh"][:, :, 0, :] == 0).all(-1).any()
+
+
+def test_two_process_menet_with_crop_flip_and_masks_matches_one_process(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    data = _tiny_cifar(tmp_path / "data")
+    settings = ["--set", "mode=menet", "--set", "model=lenet", "--set", "epochs=2", "--set", "batch_size=11",
+                "--set", "lr=0.05", "--set", "lr_milestones=[]", "--set", "eval_every=0", "--set", "defense.method=usvt",
+                "--set", "defense.p_start=0.4", "--set", "defense.n_masks=2", "--quiet",
+                *[item for k, v in data.items() for item in ("--set", f"{k}={v}")]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, "-m", "menet", "train", "--name", "one", "--runs", str(tmp_path), *settings],
+                            capture_output=True, text=True, env=env)
+    assert single.returncode == 0, single.stderr
+    double = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "menet", "train", "--name", "two", "--runs", str(tmp_path), *settings],
+        capture_output=True, text=True, env=env,
+    )
+    assert double.returncode == 0, double.stderr[-3000:]
+    a = load_weights_only(tmp_path / "one" / "model.pt")
+    b = load_weights_only(tmp_path / "two" / "model.pt")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)

@@ -69,7 +69,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"masks={args.masks}")
     if args.amp:
         overrides.append("amp=true")
-    config = config_from_dict(apply_overrides(data, overrides))
+    data = apply_overrides(data, overrides)
+    if "name" not in data:  # no recipe and no --name: a name from what is trained
+        data["name"] = "-".join(str(data.get(k, default)) for k, default in
+                                (("dataset", "fashion-mnist"), ("model", "lenet"), ("mode", "vanilla")))
+    config = config_from_dict(data)
     torch.manual_seed(config.seed)
     fit(
         config,
@@ -89,6 +93,35 @@ def _print_epoch(row: dict) -> None:
     test = "" if row["test_accuracy"] is None else f", test accuracy {row['test_accuracy']:.4f}"
     print(f"epoch {row['epoch']}: loss {row['loss']:.4f}, accuracy {row['accuracy']:.4f}{test}, "
           f"lr {row['lr']:g}, {row['images_per_s']:,.0f} images/s", flush=True)
+
+
+def _train_epilog() -> str:
+    from menet.config import MODE_HELP, TrainConfig
+    from menet.data import DATASETS
+    from menet.estimation import METHODS
+    from menet.models import model_names
+
+    defaults = TrainConfig(name="-")
+    others = {"dataset": [n for n in DATASETS if n != defaults.dataset], "model": [n for n in model_names() if n != defaults.model],
+              "method": [n for n in METHODS if n != defaults.defense.method]}
+    modes = "\n".join(f"  {mode:<10} {text}" for mode, text in MODE_HELP.items())
+    d, a = defaults.defense, defaults.attack
+    return f"""modes (--set mode=...):
+{modes}
+
+main fields (defaults), set with --set KEY=VALUE (dotted for defense.* and attack.*):
+  name ({{dataset}}-{{model}}-{{mode}}), dataset ({defaults.dataset}; also {", ".join(others["dataset"])}),
+  model ({defaults.model}; also {", ".join(others["model"])}), mode ({defaults.mode}),
+  epochs ({defaults.epochs}), batch_size ({defaults.batch_size}), lr ({defaults.lr}), lr_milestones {list(defaults.lr_milestones)},
+  optimizer ({defaults.optimizer}), seed ({defaults.seed}), train_limit / test_limit (all images), data_dir,
+  defense.method ({d.method}; also {", ".join(others["method"])}), defense.p_start / p_end ({d.p_start} / {d.p_end}),
+  defense.n_masks ({d.n_masks}), defense.options (estimator options, e.g. {{rank_fraction: 0.8}} for usvt),
+  attack.eps / step / steps ({a.eps:.4f} / {a.step:.4f} / {a.steps}: PGD of menet-adv and madry)
+
+examples:
+  menet train --set dataset=fashion-mnist --set mode=menet --set defense.method=usvt --set epochs=5
+  menet train recipes/cifar10-menet.yaml --set data_dir=/data/cifar
+  menet train recipes/cifar10-menet.yaml --resume"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,8 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--data-dir", default=None, help="directory of the official files (default: $MENET_DATA_DIR)")
     info.set_defaults(func=_cmd_data_info)
 
-    train = sub.add_parser("train", help="train a model: vanilla, menet, menet-adv or madry")
-    train.add_argument("recipe", nargs="?", help="YAML recipe (see recipes/); fields can be overridden with --set")
+    train = sub.add_parser("train", help="train a model: vanilla, menet, menet-adv or madry",
+                           description="Train a model into RUNS/NAME/ (config.yaml, model.pt, last.pt, history).",
+                           epilog=_train_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    train.add_argument("recipe", nargs="?", help="YAML recipe (see recipes/); optional: every field has a default "
+                       "and can be set with --set")
     train.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override a config field, e.g. --set epochs=5 --set defense.method=usvt")
     train.add_argument("--name", help="run name (runs/NAME)")

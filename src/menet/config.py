@@ -19,8 +19,9 @@ MODE_HELP = {
     "menet-adv": "ME-Net + adversarial training: BPDA PGD through the defense (defense.*, attack.*)",
     "madry": "Madry et al.'s PGD adversarial training of the plain network (attack.*)",
 }
-# Fields that do not change the trained weights: a resumed run may change them.
-NON_WEIGHT_FIELDS = ("name", "data_dir", "verify_checksums", "eval_every", "test_limit")
+# Fields a resumed run may change: they leave the weights of the epochs already trained as they
+# are (paths, reporting, and epochs, which extends or shortens the run).
+RESUME_MAY_CHANGE = ("name", "data_dir", "verify_checksums", "eval_every", "test_limit", "epochs")
 MASK_STRATEGIES = ("fresh", "cached")
 OPTIMIZERS = ("sgd", "adam")
 
@@ -136,7 +137,7 @@ class TrainConfig:
         ]
         for name, ok, expected in checks:
             if not ok:
-                value = _get(self, name)
+                value = get_field(self, name)
                 raise ConfigError(f"config field {name} must be {expected}, got {value!r}")
         self.defense_options()  # estimator option names and values
         from menet.models import build_model_for_dataset
@@ -175,10 +176,11 @@ class TrainConfig:
         return replace(self, defense=defense)
 
     def weights_differ(self, other: TrainConfig) -> list[str]:
-        """The fields, beyond NON_WEIGHT_FIELDS, in which ``other`` differs (dotted names)."""
+        """The fields, beyond RESUME_MAY_CHANGE, in which ``other`` differs (dotted names):
+        those that would make a resumed run's weights differ from an uninterrupted run's."""
         mine, theirs = _flatten(self.to_dict()), _flatten(other.to_dict())
         keys = sorted(set(mine) | set(theirs))
-        return [k for k in keys if k.split(".")[0] not in NON_WEIGHT_FIELDS and mine.get(k) != theirs.get(k)]
+        return [k for k in keys if k.split(".")[0] not in RESUME_MAY_CHANGE and mine.get(k) != theirs.get(k)]
 
     @property
     def defended(self) -> bool:
@@ -213,7 +215,8 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _get(obj: object, dotted: str) -> object:
+def get_field(obj: object, dotted: str) -> Any:
+    """The value of a dotted field name (e.g. ``defense.p_start``) of a config."""
     for part in dotted.split("."):
         obj = getattr(obj, part)
     return obj

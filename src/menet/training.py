@@ -2,16 +2,22 @@
 
 Runs live in ``runs/NAME/``: config.yaml, model.pt (state dict), last.pt (resume state),
 history.csv and history.jsonl; every file is written atomically. All randomness of an epoch
-comes from independent streams seeded by (seed, epoch, stream, rank): shuffle, augmentation,
-masks and attack starts; torch's global RNG (dropout), restored for the caller afterwards;
-the test-set masks. So the RNG state at an epoch boundary is a function of the config and
-the epoch saved in last.pt: a run resumed from it ends with exactly the weights of an
-uninterrupted one.
+comes from independent streams seeded by (seed, epoch, stream): the shuffle, augmentation
+draws, ME masks and attack starts; torch's global RNG (dropout, seeded per rank too), restored
+for the caller afterwards; the test-set masks. So the RNG state at an epoch boundary is a
+function of the config and the epoch saved in last.pt: a run resumed from it ends with exactly
+the weights of an uninterrupted one.
+
+ME-Net (mode menet) reconstructs the un-augmented image, then crops and flips the
+reconstruction, with fresh masks as with cached ones (the original code's order), so the
+zero-padding band of a crop never goes through matrix estimation. In menet-adv the attack
+sees the augmented image, as the deployed model would, and training uses its reconstruction.
 
 Under ``torchrun --nproc_per_node=N -m menet train ...`` the run is data-parallel
-(DistributedDataParallel; NCCL on GPUs, gloo on CPU): every rank draws the same global batch
-order and takes its share of each global batch, the loss is scaled so that the averaged
-gradient equals the global-batch mean, and only rank 0 writes files.
+(DistributedDataParallel; NCCL on GPUs, gloo on CPU): every rank draws the randomness of the
+whole global batch (order, crops, flips, masks, attack starts) from the same streams and takes
+its rows, so N processes see exactly the inputs of one process; the loss is scaled so that the
+averaged gradient equals the global-batch mean, and only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from menet.attacks.base import random_start
+from menet.attacks.base import eval_mode, project_linf
 from menet.attacks.pgd import pgd_loop
 from menet.checkpoint import (
     CheckpointError,
@@ -42,11 +48,13 @@ from menet.checkpoint import (
     load_weights_only,
     save_atomic,
 )
-from menet.config import TrainConfig
-from menet.data import augment, get_dataset_spec, load_dataset, to_float
+from menet.config import RESUME_MAY_CHANGE, TrainConfig, config_from_dict, get_field
+from menet.data import draw_augmentation, get_dataset_spec, load_dataset, to_float
 from menet.defense import MatrixEstimation, MENet
+from menet.estimation.layout import matrix_mask_shape
 from menet.evaluation import count_correct
 from menet.io_atomic import write_text_atomic
+from menet.masking import random_mask
 from menet.models import build_model_for_dataset
 from menet.progress import Progress, no_progress
 from menet.recon_cache import cached_reconstructions
@@ -60,8 +68,9 @@ class TrainingInterrupted(RuntimeError):
     """Raised by the ``stop_after_steps`` test hook, like a kill mid-epoch."""
 
 
-# Independent random streams of an epoch, each seeded from (seed, epoch, stream, rank).
-TRAIN_STREAM, GLOBAL_STREAM, TEST_STREAM = 0, 1, 2
+# Independent random streams of an epoch, each seeded from (seed, epoch, stream); the global
+# RNG stream (dropout) also from the rank.
+SHUFFLE_STREAM, GLOBAL_STREAM, TEST_STREAM, AUGMENT_STREAM, MASK_STREAM, ATTACK_STREAM = range(6)
 
 
 def _stream_seed(seed: int, epoch: int, stream: int, rank: int = 0) -> int:
@@ -102,30 +111,60 @@ def setup_distributed(device: str | None = None) -> Distributed:
     return Distributed(0, 1, chosen)
 
 
-def _training_inputs(config: TrainConfig, model: nn.Module, defense: MatrixEstimation | None,
-                     images: torch.Tensor, labels: torch.Tensor, p: torch.Tensor, gen: torch.Generator,
-                     device: torch.device) -> torch.Tensor:
-    """The tensor the network trains on for this batch of uint8 images, per mode.
+class _RowsOfGlobalDraw(nn.Module):
+    """The defense, with each call's masks drawn for the whole global batch and cut to this
+    rank's rows: N processes draw exactly the masks of one process."""
 
-    ``images`` are on the CPU (augmented there with ``gen``), then moved to ``device``.
-    ``defense`` (ME-Net modes) draws its masks from ``gen``; ``p`` holds each sample's
-    keep-probability p_k. With cached masks the images are already reconstructions.
+    def __init__(self, defense: MatrixEstimation, generator: torch.Generator, total: int, rows: slice) -> None:
+        super().__init__()
+        self.defense, self.generator, self.total, self.rows = defense, generator, total, rows
+
+    def draw(self, images: torch.Tensor, p: float | torch.Tensor) -> torch.Tensor:
+        shape = matrix_mask_shape((self.total, *images.shape[1:]), self.defense.layout)
+        return random_mask(shape, p, self.generator)[self.rows].to(images.device)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.defense.reconstruct(images, self.draw(images, self.defense.p))
+
+
+@dataclass
+class _Draws:
+    """One global batch's random streams, and this rank's rows of it."""
+
+    augment: torch.Generator
+    mask: torch.Generator
+    attack: torch.Generator
+    total: int  # size of the global batch
+    rows: slice  # this rank's rows of it
+
+
+def _training_inputs(config: TrainConfig, network: nn.Module, defense: MatrixEstimation | None,
+                     images: torch.Tensor, labels: torch.Tensor, p: torch.Tensor, draws: _Draws,
+                     device: torch.device) -> torch.Tensor:
+    """The tensor the network trains on for this rank's uint8 images (its rows of the global batch).
+
+    Augmentation, masks (keep-probability ``p``, per sample of the global batch) and attack
+    starts are drawn for the global batch and cut to ``draws.rows``. With cached masks the
+    images are already reconstructions.
     """
     spec = get_dataset_spec(config.dataset)
-    x = to_float(augment(images, crop_padding=spec.crop_padding, flip=spec.flip, generator=gen)).to(device)
-    a = config.attack
-    if config.mode == "vanilla" or (config.mode == "menet" and config.masks == "cached"):
+    augmentation = draw_augmentation(draws.total, crop_padding=spec.crop_padding, flip=spec.flip,
+                                     generator=draws.augment).rows(draws.rows)
+    if config.mode == "menet" and config.masks == "fresh":
+        masked = _RowsOfGlobalDraw(defense, draws.mask, draws.total, draws.rows)
+        x = to_float(images).to(device)
+        return augmentation.apply(defense.reconstruct(x, masked.draw(x, p)))
+    x = to_float(augmentation.apply(images)).to(device)
+    if config.mode in ("vanilla", "menet"):
         return x
-    if config.mode == "menet":
-        return defense.reconstruct(x, defense.draw_mask(x, p))
-    model.eval()  # attack a fixed network: batch-norm statistics are not updated by PGD
-    try:
-        target = model if config.mode == "madry" else MENet(model, defense)
-        adv, _, _ = pgd_loop(target, x, labels, eps=a.eps, step_size=a.step, steps=a.steps,
-                             start=random_start(x, a.eps, gen), keep_best=False)
-        return adv if config.mode == "madry" else defense(adv)  # BPDA attack through the defense, then train on its reconstruction
-    finally:
-        model.train()
+    a = config.attack
+    noise = torch.rand((draws.total, *x.shape[1:]), generator=draws.attack)[draws.rows].to(device)
+    start = project_linf(x + (2 * noise - 1) * a.eps, x, a.eps)
+    defended = _RowsOfGlobalDraw(defense, draws.mask, draws.total, draws.rows) if config.mode == "menet-adv" else None
+    with eval_mode(network):  # attack a fixed network: batch-norm statistics are not updated by PGD
+        target = network if defended is None else MENet(network, defended)
+        adv, _, _ = pgd_loop(target, x, labels, eps=a.eps, step_size=a.step, steps=a.steps, start=start, keep_best=False)
+    return adv if defended is None else defended(adv)  # BPDA attack through the defense, then its reconstruction
 
 
 def _optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -197,12 +236,15 @@ def fit(
     with torch.random.fork_rng(devices=[]):  # seeded initial weights, global RNG untouched
         torch.manual_seed(config.seed)
         core = build_model_for_dataset(config.model, config.dataset, **config.model_options)
+    defense = build_defense(config) if config.defended else None  # before any file is touched
     optimizer = _optimizer(config, core)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.lr_milestones), config.lr_gamma)
     history: list[dict[str, float]] = []
     start_epoch = 0
     if resume:
         history, start_epoch = _restore(run / "last.pt", config, core, optimizer, scheduler)
+        if place.is_main:  # paths and reporting fields may have changed: the new ones are the run's now
+            write_config(run, config)
     elif place.is_main:
         for name in RUN_FILES:  # starting over: no file of the old run may outlive it
             (run / name).unlink(missing_ok=True)
@@ -229,7 +271,7 @@ def fit(
             cache = cached_reconstructions(config, images, Path(runs_dir) / "cache")
     setup = _Setup(
         config, place, core, model, optimizer, torch.amp.GradScaler("cuda", enabled=use_amp), use_amp,
-        build_defense(config) if config.defended else None,
+        defense,
         images, labels, cache, ps, len(ps) if config.mode == "menet" else 1,
     )
     steps_left = stop_after_steps
@@ -288,8 +330,18 @@ def _restore(path: Path, config: TrainConfig, core: nn.Module, optimizer: torch.
              scheduler: Any) -> tuple[list[dict[str, float]], int]:
     """Load last.pt into the model, optimiser and scheduler; return (history, next epoch)."""
     state = load_weights_only(path)
-    if state.get("config") != config.to_dict():
-        raise CheckpointError(f"{path}: saved with a different config; resume needs the same settings")
+    try:
+        saved = config_from_dict(state["config"])
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"{path}: holds no readable run config; start the run over (--overwrite)") from None
+    changed = config.weights_differ(saved)
+    if changed:
+        shown = ", ".join(f"{k} ({get_field(saved, k)!r} -> {get_field(config, k)!r})" for k in changed[:4])
+        raise CheckpointError(f"{path}: resume needs the settings that shape the weights unchanged; changed: {shown}"
+                              " (start over with --overwrite, or use another --name)")
+    reporting = [k for k in RESUME_MAY_CHANGE if k != "name" and getattr(saved, k) != getattr(config, k)]
+    if reporting:
+        log.warning("resuming with new %s", ", ".join(f"{k}={getattr(config, k)!r} (was {getattr(saved, k)!r})" for k in reporting))
     load_state_into(core, state["model"], str(path), config.model)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -300,21 +352,22 @@ def _train_epoch(s: _Setup, epoch: int, progress: Progress, steps_left: int | No
     """One pass over the (image, mask) samples; returns (loss sum, correct, seen) summed over
     ranks, and the remaining test-hook step budget."""
     config, place = s.config, s.place
-    gen = _stream_generator(config.seed, epoch, TRAIN_STREAM)
-    if s.defense is not None:
-        s.defense.generator = gen
+    streams = {k: _stream_generator(config.seed, epoch, k) for k in (AUGMENT_STREAM, MASK_STREAM, ATTACK_STREAM)}
     s.model.train()
-    order = torch.randperm(len(s.images) * s.n_copies, generator=gen)
+    order = torch.randperm(len(s.images) * s.n_copies, generator=_stream_generator(config.seed, epoch, SHUFFLE_STREAM))
     batches = [b for b in order.split(config.batch_size) if len(b) >= place.world]
     totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, seen (this rank)
     started = time.perf_counter()
     bar = progress(batches, desc=f"epoch {epoch + 1}/{config.epochs}", total=len(batches))
     for global_batch in bar:
-        batch = global_batch.tensor_split(place.world)[place.rank]
-        copy, index = batch // len(s.images), batch % len(s.images)
-        raw = s.images[index] if s.cache is None else torch.from_numpy(s.cache[copy.numpy(), index.numpy()])
+        bounds = [0, *np.cumsum([len(part) for part in global_batch.tensor_split(place.world)]).tolist()]
+        rows = slice(bounds[place.rank], bounds[place.rank + 1])
+        draws = _Draws(streams[AUGMENT_STREAM], streams[MASK_STREAM], streams[ATTACK_STREAM], len(global_batch), rows)
+        mask_index, image_index = global_batch // len(s.images), global_batch % len(s.images)
+        mine, index = mask_index[rows], image_index[rows]
+        images = s.images[index] if s.cache is None else torch.from_numpy(s.cache[mine.numpy(), index.numpy()])
         y = s.labels[index].to(place.device)
-        x = _training_inputs(config, s.core, s.defense, raw, y, s.ps[copy], gen, place.device)
+        x = _training_inputs(config, s.core, s.defense, images, y, s.ps[mask_index], draws, place.device)
         with torch.autocast(place.device.type, dtype=torch.float16, enabled=s.use_amp):
             logits = s.model(x)
             loss_sum = F.cross_entropy(logits.float(), y, reduction="sum")

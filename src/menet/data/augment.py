@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -16,30 +17,67 @@ def to_float(images: Tensor) -> Tensor:
     return images.to(torch.float32) / 255.0
 
 
+@dataclass(frozen=True)
+class Augmentation:
+    """Per-image augmentation draws: crop offsets in [0, 2 * padding] and flip flags, (N,) each.
+
+    Drawn once for a batch (``draw_augmentation``) and applied to any tensor of its images
+    (``apply``), uint8 or float: multi-process training draws for the global batch and each
+    rank applies its rows; ME-Net applies them after reconstruction.
+    """
+
+    padding: int
+    dy: Tensor
+    dx: Tensor
+    flip: Tensor | None  # bool (N,), or None when flipping is off
+
+    def rows(self, index: slice | Tensor) -> Augmentation:
+        """The draws of the images ``index`` selects."""
+        return Augmentation(self.padding, self.dy[index], self.dx[index], None if self.flip is None else self.flip[index])
+
+    def apply(self, images: Tensor) -> Tensor:
+        """Crop (zero padding) and flip ``images`` (N, C, H, W) as drawn; shape and dtype kept."""
+        if len(images) != len(self.dy):
+            raise ValueError(f"{len(self.dy)} augmentation draws for {len(images)} images")
+        out = images
+        if self.padding > 0:
+            n, c, h, w = images.shape
+            p, device = self.padding, images.device
+            padded = F.pad(images, (p, p, p, p))
+            dy, dx = self.dy.to(device), self.dx.to(device)
+            rows = (dy[:, None] + torch.arange(h, device=device))[:, None, :, None].expand(n, c, h, w + 2 * p)
+            cols = (dx[:, None] + torch.arange(w, device=device))[:, None, None, :].expand(n, c, h, w)
+            out = padded.gather(2, rows).gather(3, cols)
+        if self.flip is not None:
+            out = torch.where(self.flip.to(images.device)[:, None, None, None], out.flip(-1), out)
+        return out
+
+
+def draw_augmentation(n: int, *, crop_padding: int = 0, flip: bool = False,
+                      generator: torch.Generator | None = None) -> Augmentation:
+    """Draw crop offsets (if ``crop_padding``) then flip flags (if ``flip``) for ``n`` images."""
+    if crop_padding > 0:
+        dy = torch.randint(0, 2 * crop_padding + 1, (n,), generator=generator)
+        dx = torch.randint(0, 2 * crop_padding + 1, (n,), generator=generator)
+    else:
+        dy = dx = torch.zeros(n, dtype=torch.int64)
+    flips = torch.rand(n, generator=generator) < 0.5 if flip else None
+    return Augmentation(crop_padding, dy, dx, flips)
+
+
 def random_crop(images: Tensor, padding: int, generator: torch.Generator | None = None) -> Tensor:
     """Zero-pad by ``padding`` and crop back to (H, W) at a random offset per image."""
-    if padding == 0:
-        return images
-    n, c, h, w = images.shape
-    padded = F.pad(images, (padding, padding, padding, padding))
-    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=images.device)
-    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=images.device)
-    rows = (dy[:, None] + torch.arange(h, device=images.device))[:, None, :, None].expand(n, c, h, w + 2 * padding)
-    cropped_rows = padded.gather(2, rows)
-    cols = (dx[:, None] + torch.arange(w, device=images.device))[:, None, None, :].expand(n, c, h, w)
-    return cropped_rows.gather(3, cols)
+    return draw_augmentation(len(images), crop_padding=padding, generator=generator).apply(images)
 
 
 def random_flip(images: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """Mirror each image left-right with probability 1/2."""
-    flip = torch.rand(images.shape[0], generator=generator, device=images.device) < 0.5
-    return torch.where(flip[:, None, None, None], images.flip(-1), images)
+    return draw_augmentation(len(images), flip=True, generator=generator).apply(images)
 
 
 def augment(images: Tensor, *, crop_padding: int = 0, flip: bool = False, generator: torch.Generator | None = None) -> Tensor:
     """Random crop with padding and/or horizontal flip, batched; shape and dtype kept."""
-    images = random_crop(images, crop_padding, generator)
-    return random_flip(images, generator) if flip else images
+    return draw_augmentation(len(images), crop_padding=crop_padding, flip=flip, generator=generator).apply(images)
 
 
 def iterate_batches(
