@@ -483,3 +483,18 @@ def test_two_process_menet_with_crop_flip_and_masks_matches_one_process(tmp_path
     b = load_weights_only(tmp_path / "two" / "model.pt")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+
+
+def test_load_model_takes_the_attackers_gradient_and_a_generator(tmp_path):
+    fit(config_from_dict(tiny("menet", "run", epochs=1, eval_every=0, **{"defense.p_start": 0.4})), tmp_path)
+    x = torch.rand(6, 1, 28, 28)
+    outs = [load_model(tmp_path / "run", generator=torch.Generator().manual_seed(s))(x) for s in (5, 5, 6)]
+    assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], outs[2])  # draws repeat under a seed
+    exact = load_model(tmp_path / "run", gradient="exact", generator=torch.Generator().manual_seed(5))
+    assert exact.preprocess.gradient == "exact"
+    torch.testing.assert_close(exact(x), outs[0])  # same masks, same values: only the backward differs
+    with pytest.raises(ValueError, match="bpda, exact"):
+        load_model(tmp_path / "run", gradient="straight")
+    fit(config_from_dict(tiny("menet", "nuc", epochs=1, eval_every=0, **{"defense.method": "nucnorm"})), tmp_path)
+    with pytest.raises(ValueError, match="use gradient='bpda'"):
+        load_model(tmp_path / "nuc", gradient="exact")
