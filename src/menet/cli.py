@@ -89,6 +89,107 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fraction(text: str) -> float:
+    """A number, or a fraction like 8/255."""
+    try:
+        if "/" in text:
+            top, bottom = text.split("/", 1)
+            return float(top) / float(bottom)
+        return float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"expected a number or a fraction like 8/255, got {text!r}") from None
+
+
+# CLI flags that set an attack's field of the same name (where the attack has one).
+_ATTACK_FLAGS = ("eps", "steps", "step_size", "restarts", "loss", "samples", "rank")
+
+
+def _build_attacks(args: argparse.Namespace, source: object | None) -> dict:
+    """name -> attack, from --attack and the settings flags (validated before any work)."""
+    import dataclasses
+
+    import yaml
+
+    from menet.attacks import build_attack, eot, get_attack_class, transfer
+    from menet.config import ConfigError
+
+    given = {flag: getattr(args, flag) for flag in _ATTACK_FLAGS if getattr(args, flag) is not None}
+    for item in args.set or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r} must look like key=value")
+        key, raw = item.split("=", 1)
+        given[key] = yaml.safe_load(raw)
+    attacks = {}
+    for name in args.attack:
+        fields = {f.name for f in dataclasses.fields(get_attack_class(name))}
+        settings = {k: v for k, v in given.items() if k in fields}
+        unused = [k for k in given if all(k not in {f.name for f in dataclasses.fields(get_attack_class(n))} for n in args.attack)]
+        if unused:
+            raise ConfigError(f"no chosen attack has the setting(s) {', '.join(unused)}")
+        attack = build_attack(name, **settings)
+        if args.eot is not None:
+            attack = eot(attack, args.eot)
+        label = name + (f"-eot{args.eot}" if args.eot is not None else "")
+        if source is not None:
+            attack, label = transfer(source, attack), f"transfer-{label}"
+        attacks[label] = attack
+    return attacks
+
+
+def _cmd_attack(args: argparse.Namespace) -> int:
+    from menet.attacks import attack_names, describe_attack
+
+    if args.list:
+        for name in attack_names():
+            print(f"{name:<16}{describe_attack(name)}")
+        return 0
+    if not args.run_dir or not args.attack:
+        raise ValueError("give a run directory and at least one --attack (menet attack --list lists them)")
+    from menet.data import load_dataset
+    from menet.evaluation import ResultStore, environment, evaluate
+    from menet.runs import EVAL_DIR, load_model, read_config
+    from menet.training import setup_distributed
+
+    run = Path(args.run_dir)
+    config = read_config(run)
+    generator = torch.Generator().manual_seed(args.seed)
+    model = load_model(run, gradient=args.gradient, generator=generator)
+    source = None
+    if args.transfer_from:
+        source_config = read_config(args.transfer_from)
+        if source_config.dataset != config.dataset:
+            raise ValueError(f"transfer source {args.transfer_from} was trained on {source_config.dataset}, "
+                             f"the target {run} on {config.dataset}: they must share the dataset")
+        source = load_model(args.transfer_from, gradient=args.gradient)
+    attacks = _build_attacks(args, source)
+    for flag, value in (("--n", args.n), ("--offset", args.offset), ("--batch-size", args.batch_size), ("--draws", args.draws)):
+        if value is not None and value < (0 if flag == "--offset" else 1):
+            raise ValueError(f"{flag} must be {'>= 0' if flag == '--offset' else '>= 1'}, got {value}")
+    test = load_dataset(config.dataset, "test", args.data_dir or config.data_dir, verify=config.verify_checksums)
+    stop = None if args.n is None else args.offset + args.n
+    images, labels = test.images[args.offset : stop], test.labels[args.offset : stop]
+    if len(labels) == 0:
+        raise ValueError(f"no test images in [{args.offset}, {stop}) of {len(test.labels)}")
+    tag = args.tag or "-".join(attacks)
+    metadata = {"run": str(run), "dataset": config.dataset, "offset": args.offset, "gradient": args.gradient,
+                "transfer_from": args.transfer_from, **environment()}
+    store = ResultStore(run / EVAL_DIR, tag, resume=args.resume, overwrite=args.overwrite, metadata=metadata)
+    store.check()
+    place = setup_distributed(args.device)
+    model.to(place.device)
+    if source is not None:
+        source.to(place.device)
+    result = evaluate(model, images, labels, attacks, draws=args.draws, seed=args.seed, batch_size=args.batch_size,
+                      cascade=args.cascade, device=place.device, store=store, rank=place.rank, world=place.world,
+                      progress=lambda items, desc, total: tqdm(items, desc=desc, total=total, disable=args.quiet or place.rank != 0))
+    if place.rank == 0:
+        from menet.evaluation import format_table
+
+        print(format_table(result), end="")
+        print(f"wrote {store.json_path} and {store.md_path}")
+    return 0
+
+
 def _print_epoch(row: dict) -> None:
     test = "" if row["test_accuracy"] is None else f", test accuracy {row['test_accuracy']:.4f}"
     print(f"epoch {row['epoch']}: loss {row['loss']:.4f}, accuracy {row['accuracy']:.4f}{test}, "
@@ -167,6 +268,42 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(func=_cmd_train)
 
+    attack = sub.add_parser("attack", help="attack a trained run: clean and robust accuracy per attack",
+                            description="Attack RUN_DIR's model on its dataset's test split; results go to "
+                            "RUN_DIR/eval/TAG.json and TAG.md (resumable by batch).",
+                            epilog="examples:\n  menet attack runs/cifar10-menet --attack pgd --steps 1000 --eps 8/255 "
+                            "--step-size 2/255 --draws 5\n  menet attack runs/cifar10-menet --attack pgd --eot 10 --steps 200\n"
+                            "  menet attack runs/cifar10-menet --attack fgsm --attack pgd --transfer-from runs/cifar10-copy\n"
+                            "  menet attack --list", formatter_class=argparse.RawDescriptionHelpFormatter)
+    attack.add_argument("run_dir", nargs="?", help="a run folder written by menet train")
+    attack.add_argument("--list", action="store_true", help="list the attacks, one line each")
+    attack.add_argument("--attack", action="append", help="an attack name (repeat for several); see --list")
+    attack.add_argument("--eps", type=_fraction, help="L-inf budget, e.g. 8/255 (default: the attack's, 8/255)")
+    attack.add_argument("--steps", type=int, help="attack steps")
+    attack.add_argument("--step-size", dest="step_size", type=_fraction, help="step size, e.g. 2/255")
+    attack.add_argument("--restarts", type=int, help="random restarts (PGD)")
+    attack.add_argument("--loss", choices=["ce", "cw"], help="ce (cross-entropy) or cw (margin: the L-inf CW attack)")
+    attack.add_argument("--samples", type=int, help="perturbation samples per step (SPSA)")
+    attack.add_argument("--rank", type=int, help="subspace rank (projected_bpda)")
+    attack.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other attack setting")
+    attack.add_argument("--eot", type=int, help="average each gradient over this many mask draws (EOT)")
+    attack.add_argument("--draws", type=int, default=1, help="scoring draws per example: robust only if correct in all (default 1)")
+    attack.add_argument("--cascade", action="store_true", help="attack only examples no earlier attack broke (AutoAttack's way)")
+    attack.add_argument("--transfer-from", metavar="OTHER_RUN", help="craft the examples on this run's model (transfer attack)")
+    attack.add_argument("--gradient", choices=["bpda", "exact"], default="bpda", help="how gradients pass the defense (default bpda)")
+    attack.add_argument("--n", type=int, help="evaluate the first N test images (default: all)")
+    attack.add_argument("--offset", type=int, default=0, help="skip this many test images first")
+    attack.add_argument("--batch-size", dest="batch_size", type=int, default=256, help="images per batch (default 256)")
+    attack.add_argument("--seed", type=int, default=0, help="seeds masks, starts and draws (recorded)")
+    attack.add_argument("--tag", help="result name under RUN_DIR/eval/ (default: from the attacks)")
+    again = attack.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue an unfinished evaluation with the same tag")
+    again.add_argument("--overwrite", action="store_true", help="start the evaluation with this tag over")
+    attack.add_argument("--data-dir", default=None, help="directory of the dataset's files (default: the run's)")
+    attack.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA if available)")
+    attack.add_argument("--quiet", action="store_true", help="no progress bars")
+    attack.set_defaults(func=_cmd_attack)
+
     models = sub.add_parser("models", help="the model registry with parameter counts")
     models.set_defaults(func=_cmd_models)
     return parser
@@ -178,11 +315,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     try:
         return args.func(args)
-    except (ConfigError, CheckpointError, DatasetError, ValueError, TypeError) as err:
+    except (ConfigError, CheckpointError, DatasetError, ValueError, TypeError, FileExistsError) as err:
         print(f"menet {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        hint = ": the run keeps its last finished epoch; add --resume to continue" if args.command == "train" else ""
+        hints = {"train": ": the run keeps its last finished epoch; add --resume to continue",
+                 "attack": ": finished batches are kept; add --resume to continue"}
+        hint = hints.get(args.command, "")
         print(f"menet {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
 

@@ -57,9 +57,9 @@ def build_attack(name: str, **settings: Any) -> Attack:
 
 
 def describe_attack(name: str) -> str:
-    """The first line of the attack's docstring."""
-    doc = get_attack_class(name).__doc__ or ""
-    return doc.strip().splitlines()[0] if doc.strip() else name
+    """The first paragraph of the attack's docstring, on one line."""
+    doc = (get_attack_class(name).__doc__ or "").strip()
+    return " ".join(doc.split("\n\n")[0].split()) if doc else name
 
 
 @dataclasses.dataclass(frozen=True)
