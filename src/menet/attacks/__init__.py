@@ -5,7 +5,8 @@ All are called as ``attack(model, images, labels, *, generator=None) -> adversar
 ``attack_names()`` lists them; ``eot`` and ``transfer`` wrap others.
 """
 
-from menet.attacks import pgd  # noqa: F401  (registers the attacks)
+from menet.attacks import adaptive, boundary, pgd, spsa  # noqa: F401  (registers the attacks)
+from menet.attacks.adaptive import ApproxInput, ProjectedBPDA
 from menet.attacks.base import (
     Attack,
     attack_names,
@@ -14,11 +15,13 @@ from menet.attacks.base import (
     get_attack_class,
     register_attack,
 )
+from menet.attacks.boundary import Boundary
 from menet.attacks.eot import eot
 from menet.attacks.pgd import FGSM, PGD, pgd_loop
+from menet.attacks.spsa import SPSA
 from menet.attacks.transfer import Transfer, transfer
 
 __all__ = [
-    "FGSM", "PGD", "Attack", "Transfer", "attack_names", "build_attack", "describe_attack", "eot",
-    "get_attack_class", "pgd_loop", "register_attack", "transfer",
+    "FGSM", "PGD", "SPSA", "ApproxInput", "Attack", "Boundary", "ProjectedBPDA", "Transfer", "attack_names", "build_attack",
+    "describe_attack", "eot", "get_attack_class", "pgd_loop", "register_attack", "transfer",
 ]
