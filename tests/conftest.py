@@ -36,3 +36,60 @@ def bernoulli_mask(shape: tuple[int, ...], p: float, seed: int) -> np.ndarray:
     mask = np.random.default_rng(seed).random(shape) < p
     mask.reshape(-1, *shape[-2:])[:, 0, 0] = True  # no matrix without an observed entry
     return mask
+
+
+class SmallNet(torch.nn.Module):
+    """A small MLP for attack tests: trains on Fashion-MNIST in a few seconds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 128), torch.nn.ReLU())
+        self.head = torch.nn.Linear(128, 10)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def train_small_net(images: torch.Tensor, labels: torch.Tensor, seed: int, epochs: int = 4) -> SmallNet:
+    """SmallNet trained with Adam on float images (N, 1, 28, 28) in [0, 1]."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        net = SmallNet()
+        optimizer = torch.optim.Adam(net.parameters(), lr=2e-3)
+        for _ in range(epochs):
+            order = torch.randperm(len(images))
+            for start in range(0, len(images), 128):
+                index = order[start : start + 128]
+                loss = torch.nn.functional.cross_entropy(net(images[index]), labels[index])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+    return net.eval()
+
+
+ME_SETTINGS = {"method": "usvt", "p": 0.5, "rank": 8}  # the fixture's ME-Net: low rank, so masks matter
+
+
+@pytest.fixture(scope="session")
+def fashion_nets() -> dict:
+    """Trained small nets on 4,000 Fashion-MNIST images: two independent vanilla copies and an
+    ME-Net network (trained on reconstructions per ME_SETTINGS, two masks per image), plus
+    the first 500 test images (uint8) and labels."""
+    from menet.defense import MatrixEstimation
+
+    train = load_dataset("fashion-mnist", "train", verify=False)
+    test = load_dataset("fashion-mnist", "test", verify=False)
+    x = train.images[:4000].float() / 255
+    y = train.labels[:4000]
+    me = MatrixEstimation(**ME_SETTINGS, generator=torch.Generator().manual_seed(0))
+    recon = torch.cat([me(x), me(x)])
+    return {
+        "vanilla": train_small_net(x, y, seed=1),
+        "copy": train_small_net(x, y, seed=2),
+        "menet": train_small_net(recon, torch.cat([y, y]), seed=3),
+        "images": test.images[:500],
+        "labels": test.labels[:500],
+    }

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
+import pytest
+
 from menet.cli import main
 
 
@@ -76,3 +80,65 @@ def test_train_without_a_recipe(tmp_path, capsys):
     assert main(args) == 0
     assert (tmp_path / "fashion-mnist-lenet-menet" / "model.pt").is_file()
     assert "mode: menet" in (tmp_path / "fashion-mnist-lenet-menet" / "config.yaml").read_text()
+
+
+def _tiny_runs(tmp_path):
+    from menet.config import config_from_dict
+    from menet.training import fit
+
+    common = {"epochs": 1, "batch_size": 32, "train_limit": 64, "eval_every": 0, "lr": 0.01}
+    fit(config_from_dict({"name": "menet", "mode": "menet", "defense": {"method": "usvt", "n_masks": 1}, **common}), tmp_path)
+    fit(config_from_dict({"name": "copy", "mode": "vanilla", "seed": 1, **common}), tmp_path)
+    return tmp_path / "menet", tmp_path / "copy"
+
+
+def test_attack_command_writes_results_and_lists_attacks(tmp_path, capsys):
+    run, copy = _tiny_runs(tmp_path)
+    assert main(["attack", "--list"]) == 0
+    listed = capsys.readouterr().out
+    for name in ("pgd", "fgsm", "boundary", "spsa", "approx_input", "projected_bpda"):
+        assert f"\n{name} " in "\n" + listed
+    args = ["attack", str(run), "--attack", "fgsm", "--attack", "pgd", "--steps", "2", "--eps", "8/255",
+            "--step-size", "2/255", "--n", "16", "--draws", "2", "--batch-size", "8", "--quiet"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "| pgd | pgd, eps 8/255, step_size 2/255, steps 2" in out and "| worst case |" in out
+    result = json.loads((run / "eval" / "fgsm-pgd.json").read_text())
+    assert result["settings"]["draws"] == 2 and result["settings"]["n"] == 16 and result["run"] == str(run)
+    assert result["settings"]["attacks"]["pgd"]["eps"] == pytest.approx(8 / 255)
+    assert main(args) == 2 and "--resume" in capsys.readouterr().err  # never overwritten by accident
+    assert main(["attack", str(run), "--attack", "pgd", "--steps", "1", "--n", "8", "--transfer-from", str(copy),
+                 "--eot", "2", "--quiet"]) == 0
+    assert (run / "eval" / "transfer-pgd-eot2.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--attack", "pgdd"], "unknown attack 'pgdd'"),
+        (["--attack", "pgd", "--eps", "-0.1"], "eps must be >= 0"),
+        (["--attack", "fgsm", "--steps", "3"], "no chosen attack has the setting(s) steps"),
+        (["--attack", "boundary", "--eot", "2"], "uses none"),
+        (["--attack", "pgd", "--n", "0"], "--n must be >= 1"),
+    ],
+)
+def test_attack_command_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, extra, message):
+    run, _ = _tiny_runs(tmp_path)
+    assert main(["attack", str(run), *extra, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not (run / "eval").exists()
+
+
+def test_attack_command_refuses_a_non_run_and_a_foreign_transfer_source(tmp_path, capsys):
+    from menet.config import config_from_dict
+    from menet.runs import write_config
+
+    run, _ = _tiny_runs(tmp_path)
+    assert main(["attack", str(tmp_path), "--attack", "pgd"]) == 2
+    assert "not a menet run directory" in capsys.readouterr().err
+    other = tmp_path / "other"
+    write_config(other, config_from_dict({"name": "other", "dataset": "mnist"}))
+    assert main(["attack", str(run), "--attack", "pgd", "--transfer-from", str(other)]) == 2
+    assert "must share the dataset" in capsys.readouterr().err
+    assert not (run / "eval").exists()
