@@ -18,6 +18,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from common import cifar_like  # benchmarks/common.py (the script's folder is on sys.path)
 
 from menet.config import config_from_dict
 from menet.data import load_dataset
@@ -27,14 +28,7 @@ from menet.masking import random_mask
 from menet.models import build_model_for_dataset
 from menet.recon_cache import cached_reconstructions
 from menet.runs import build_defense
-from menet.training import _training_inputs
-
-
-def cifar_like(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, 1, 28, 28) -> uint8 (N, 3, 32, 32): padded, channels from shifted, scaled copies."""
-    padded = F.pad(images, (2, 2, 2, 2))
-    return torch.cat([padded, (padded.float() * 0.9).roll(1, 2).to(torch.uint8),
-                      (padded.float() * 0.8).roll(1, 3).to(torch.uint8)], dim=1)
+from menet.training import _Draws, _training_inputs
 
 
 def bench_cache_build(images: torch.Tensor, sample: int, reference_images: int) -> None:
@@ -70,12 +64,11 @@ def step_time(settings: dict, images: torch.Tensor, labels: torch.Tensor, steps:
     defense = build_defense(config) if config.defended else None
     p = torch.full((len(labels),), config.defense.inference_p())
     gen = torch.Generator().manual_seed(0)
-    if defense is not None:
-        defense.generator = gen
 
     def run() -> None:
         for _ in range(steps):
-            x = _training_inputs(config, model, defense, images, labels, p, gen, torch.device("cpu"))
+            draws = _Draws(gen, gen, gen, len(labels), slice(0, len(labels)))
+            x = _training_inputs(config, model, defense, images, labels, p, draws, torch.device("cpu"))
             loss = F.cross_entropy(model(x), labels)
             optimizer.zero_grad()
             loss.backward()

@@ -1,0 +1,36 @@
+"""Shared by the benchmark scripts: timing and CIFAR-shaped data built from Fashion-MNIST."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+
+def synchronize() -> None:
+    """Wait for queued GPU work (no-op on CPU), so that timings include it."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def median_time(fn: Callable[[], object], repeats: int = 3) -> float:
+    """Median wall-clock seconds of ``repeats`` calls of ``fn``."""
+    times = []
+    for _ in range(repeats):
+        synchronize()
+        start = time.perf_counter()
+        fn()
+        synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def cifar_like(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, 1, 28, 28) -> uint8 (N, 3, 32, 32): padded, channels from shifted, scaled copies
+    (CIFAR-10 is not shipped with menet)."""
+    padded = F.pad(images, (2, 2, 2, 2))
+    return torch.cat([padded, (padded.float() * 0.9).roll(1, 2).to(torch.uint8),
+                      (padded.float() * 0.8).roll(1, 3).to(torch.uint8)], dim=1)
