@@ -142,3 +142,26 @@ def test_attack_command_refuses_a_non_run_and_a_foreign_transfer_source(tmp_path
     assert main(["attack", str(run), "--attack", "pgd", "--transfer-from", str(other)]) == 2
     assert "must share the dataset" in capsys.readouterr().err
     assert not (run / "eval").exists()
+
+
+def test_attack_command_shards_over_torchrun_processes(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    run, _ = _tiny_runs(tmp_path)
+    args = ["-m", "menet", "attack", str(run), "--attack", "pgd", "--steps", "2", "--images", "24", "--batch-size", "8",
+            "--draws", "2", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, *args, "--tag", "one"], capture_output=True, text=True, env=env)
+    assert single.returncode == 0, single.stderr
+    double = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             *args, "--tag", "two"], capture_output=True, text=True, env=env)
+    assert double.returncode == 0, double.stderr[-3000:]
+    one, two = (json.loads((run / "eval" / f"{t}.json").read_text()) for t in ("one", "two"))
+    for result in (one, two):
+        for key in ("timing", "tag", "hardware"):
+            result.pop(key)
+    assert one == two  # the same outcomes, example by example: randomness is keyed by batch, not rank
+    assert sorted(p.name for p in (run / "eval").iterdir()) == ["one.json", "one.md", "two.json", "two.md"]
+    assert double.stdout.count("| worst case |") == 1  # only rank 0 prints

@@ -174,7 +174,8 @@ def _cmd_attack(args: argparse.Namespace) -> int:
     metadata = {"run": str(run), "dataset": config.dataset, "offset": args.offset, "gradient": args.gradient,
                 "transfer_from": args.transfer_from, **environment()}
     store = ResultStore(run / EVAL_DIR, tag, resume=args.resume, overwrite=args.overwrite, metadata=metadata)
-    store.check()
+    if int(os.environ.get("RANK", "0")) == 0:  # before any work; under torchrun rank 0 owns the files
+        store.check()
     place = setup_distributed(args.device)
     model.to(place.device)
     if source is not None:
@@ -291,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     attack.add_argument("--cascade", action="store_true", help="attack only examples no earlier attack broke (AutoAttack's way)")
     attack.add_argument("--transfer-from", metavar="OTHER_RUN", help="craft the examples on this run's model (transfer attack)")
     attack.add_argument("--gradient", choices=["bpda", "exact"], default="bpda", help="how gradients pass the defense (default bpda)")
-    attack.add_argument("--n", type=int, help="evaluate the first N test images (default: all)")
+    attack.add_argument("--n", "--images", dest="n", type=int, help="evaluate the first N test images (default: all; "
+                        "under torchrun write --images: torchrun takes --n for its own options)")
     attack.add_argument("--offset", type=int, default=0, help="skip this many test images first")
     attack.add_argument("--batch-size", dest="batch_size", type=int, default=256, help="images per batch (default 256)")
     attack.add_argument("--seed", type=int, default=0, help="seeds masks, starts and draws (recorded)")
