@@ -165,3 +165,18 @@ def test_a_killed_evaluation_resumes_to_the_same_file(tmp_path, monkeypatch, fas
     assert (tmp_path / "a" / "t.md").read_text().split("| seconds |")[0] == (tmp_path / "b" / "t.md").read_text().split("| seconds |")[0]
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["t.json", "t.md"]  # no partial files left
     assert json.loads((tmp_path / "b" / "t.json").read_text())["settings"]["seed"] == 3
+
+
+def test_resuming_a_finished_evaluation_does_no_work(tmp_path):
+    images, labels = pixel_data([200, 140, 50, 50]), torch.tensor([1, 1, 0, 1])
+    attacks = {"big": ZeroOut(eps=0.1)}
+    first = evaluate(PixelModel(), images, labels, attacks, store=ResultStore(tmp_path, "t"))
+    calls = []
+
+    class Counting(ZeroOut):
+        def run(self, *args):
+            calls.append(1)
+            return super().run(*args)
+
+    again = evaluate(PixelModel(), images, labels, {"big": Counting(eps=0.1)}, store=ResultStore(tmp_path, "t", resume=True))
+    assert calls == [] and again["summary"] == first["summary"]

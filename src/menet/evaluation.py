@@ -245,6 +245,9 @@ def evaluate(
     settings = {"n": len(labels), "batch_size": batch_size, "draws": draws, "seed": seed, "cascade": cascade,
                 "attacks": {name: attack.settings() for name, attack in attacks.items()}}
     if store is not None:
+        finished = store.completed(settings)
+        if finished is not None:  # resuming an evaluation that already ended: nothing to do
+            return finished
         store.begin(settings, rank)
     defenses = defenses_of(model, *[getattr(a, "source", None) for a in attacks.values()])
     saved_generators = [d.generator for d in defenses]
@@ -331,6 +334,13 @@ class ResultStore:
         if exists and not (self.resume or self.overwrite):
             raise FileExistsError(f"{self.json_path} (or an unfinished evaluation under tag {self.tag!r}) exists: "
                                   "continue it (--resume), start it over (--overwrite) or choose another --tag")
+
+    def completed(self, settings: dict[str, Any]) -> dict[str, Any] | None:
+        """The finished result under this tag when resuming with the same settings, else None."""
+        if not (self.resume and self.json_path.exists() and not self.partial.exists()):
+            return None
+        result = read_result(self.json_path)
+        return result if result.get("settings") == json.loads(json.dumps(settings)) else None
 
     def begin(self, settings: dict[str, Any], rank: int = 0) -> None:
         """Check the tag (see ``check``); record the settings, or check them against the record."""
