@@ -75,6 +75,7 @@ def test_restarts_never_weaken_pgd(fashion_nets, data):
 SMALL = {  # quick settings per attack for the contract test
     "pgd": {"steps": 3}, "fgsm": {}, "approx_input": {"steps": 3}, "projected_bpda": {"steps": 3, "rank": 3},
     "boundary": {"steps": 5, "init_attempts": 20}, "spsa": {"steps": 2, "samples": 16},
+    "autoattack": {"version": "custom", "attacks_to_run": ("apgd-ce",), "steps": 3},
 }
 
 

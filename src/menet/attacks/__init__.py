@@ -5,8 +5,9 @@ All are called as ``attack(model, images, labels, *, generator=None) -> adversar
 ``attack_names()`` lists them; ``eot`` and ``transfer`` wrap others.
 """
 
-from menet.attacks import adaptive, boundary, pgd, spsa  # noqa: F401  (registers the attacks)
+from menet.attacks import adaptive, autoattack, boundary, pgd, spsa  # noqa: F401  (registers the attacks)
 from menet.attacks.adaptive import ApproxInput, ProjectedBPDA
+from menet.attacks.autoattack import AutoAttack
 from menet.attacks.base import (
     Attack,
     attack_names,
@@ -22,6 +23,6 @@ from menet.attacks.spsa import SPSA
 from menet.attacks.transfer import Transfer, transfer
 
 __all__ = [
-    "FGSM", "PGD", "SPSA", "ApproxInput", "Attack", "Boundary", "ProjectedBPDA", "Transfer", "attack_names", "build_attack",
-    "describe_attack", "eot", "get_attack_class", "pgd_loop", "register_attack", "transfer",
+    "FGSM", "PGD", "SPSA", "ApproxInput", "Attack", "AutoAttack", "Boundary", "ProjectedBPDA", "Transfer", "attack_names",
+    "build_attack", "describe_attack", "eot", "get_attack_class", "pgd_loop", "register_attack", "transfer",
 ]
