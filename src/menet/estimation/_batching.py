@@ -2,15 +2,26 @@
 
 Every estimator works on a stack of matrices ``(B, m, n)``. Torch's batched LAPACK calls
 (eigh, svd) loop over the batch on one core, so on a multi-core CPU we split the batch into
-chunks and run the chunks on a small thread pool with torch's own threading set to one
+chunks and run the chunks on a small thread pool whose threads use one torch thread each
 (torch releases the GIL inside its kernels). Chunking also bounds the memory of the
 temporaries: no chunk holds more than ``MAX_CHUNK_ELEMENTS`` matrix entries on the CPU, or
 ``MAX_CHUNK_ELEMENTS_CUDA`` on a GPU, where one large chunk keeps the device busy.
+
+Thread counts. ``torch.set_num_threads(n)`` sets the calling thread's count and also the
+default that every thread adopts at its first parallel torch op (with OpenMP, the usual CPU
+build; in other builds the count is process-wide). So the pool's threads set their own count
+to 1, and the default they saw is put back at once, before any chunk runs, while one lock
+keeps concurrent callers from interleaving these steps. The caller's count, and that of any
+other thread, is never changed; concurrent and nested callers all see the count they had.
+(Only a thread whose very first parallel op falls inside a pool's start-up, a fraction of a
+millisecond, would adopt 1: torch offers no way to make worker threads single-threaded
+without touching that default.)
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -27,6 +38,10 @@ MAX_CHUNK_ELEMENTS_CUDA = 2**23
 MIN_CHUNK_MATRICES = 64
 
 FLOAT_DTYPES = (torch.float32, torch.float64)
+
+# Held while a pool starts (its threads set torch's default thread count to 1 and it is put
+# back) and while a caller reads its thread count, so no caller reads inside that window.
+_POOL_START = threading.Lock()
 
 
 def check_matrices(a: Tensor, mask: Tensor) -> None:
@@ -111,7 +126,7 @@ def map_matrices(
     if batch == 0:
         return a.clone()
     per_chunk_cap = _chunk_cap(a)
-    workers = torch.get_num_threads() if a.device.type == "cpu" else 1
+    workers = _torch_threads() if a.device.type == "cpu" else 1
     chunk = min(per_chunk_cap, max(MIN_CHUNK_MATRICES, math.ceil(batch / max(workers, 1))))
     starts = list(range(0, batch, chunk))
 
@@ -131,13 +146,48 @@ def map_matrices(
             )
 
     if workers > 1 and len(starts) > 1:
-        torch.set_num_threads(1)
-        try:
-            with ThreadPoolExecutor(max_workers=min(workers, len(starts))) as pool:
-                list(pool.map(run, starts))
-        finally:
-            torch.set_num_threads(workers)
+        with _start_single_threaded_pool(min(workers, len(starts))) as pool:
+            list(pool.map(run, starts))
     else:
         for s in starts:
             run(s)
     return out.reshape(shape)
+
+
+def _torch_threads() -> int:
+    """The calling thread's torch thread count, read outside any pool's start-up window."""
+    with _POOL_START:
+        return torch.get_num_threads()
+
+
+def _start_single_threaded_pool(workers: int) -> ThreadPoolExecutor:
+    """A pool of ``workers`` started threads, each with a torch thread count of 1.
+
+    Each thread records the default count it adopted, then sets its own to 1, which also
+    sets the default; once all have started, a short-lived thread puts the default back
+    (from the caller, set_num_threads would also change the caller's own count).
+    """
+    with _POOL_START:
+        adopted: list[int] = []
+
+        def single_threaded() -> None:
+            adopted.append(torch.get_num_threads())
+            torch.set_num_threads(1)
+
+        pool = ThreadPoolExecutor(max_workers=workers, initializer=single_threaded)
+        started = threading.Barrier(workers, timeout=60)
+        try:
+            # Every task waits for all the others, so each runs on a thread of its own.
+            for future in [pool.submit(started.wait) for _ in range(workers)]:
+                future.result()
+        except BaseException:
+            started.abort()
+            pool.shutdown(cancel_futures=True)
+            raise
+        finally:
+            if adopted:
+                # The largest: a thread that started after another set 1 adopted 1.
+                restore = threading.Thread(target=torch.set_num_threads, args=(max(adopted),))
+                restore.start()
+                restore.join()
+    return pool
