@@ -164,13 +164,19 @@ def test_step_size_rules() -> None:
         spherical.append((trial < 100 * rates[0])[None])
         if trial >= 70:
             candidate.append((trial - 70 < 30 * rates[1])[None])
-    spherical_step, source_step = attack.adapt(spherical, candidate, torch.ones(4), torch.ones(4))
-    torch.testing.assert_close(spherical_step, torch.tensor([2.0, 0.5, 1.0, 1.0]))
-    torch.testing.assert_close(source_step, torch.tensor([4.0, 1.0, 0.5, 1.0]))
+    spherical_step, source_step = attack.adapt(spherical, candidate, torch.full((4,), 0.1), torch.full((4,), 0.1))
+    torch.testing.assert_close(spherical_step, torch.tensor([0.2, 0.05, 0.1, 0.1]))
+    torch.testing.assert_close(source_step, torch.tensor([0.4, 0.1, 0.05, 0.1]))
     assert spherical.full().tolist() == [False, False, True, True]
     assert candidate.full().tolist() == [False, False, False, True]
     spherical_step, source_step = attack.adapt(spherical, candidate, spherical_step, source_step)
-    torch.testing.assert_close(source_step, torch.tensor([4.0, 1.0, 0.5, 1.0]))  # emptied windows wait
+    torch.testing.assert_close(source_step, torch.tensor([0.4, 0.1, 0.05, 0.1]))  # emptied windows wait
+    # Steps are capped (source 0.5, spherical 1): a randomised model's noise cannot blow them up.
+    for trial in range(100):
+        spherical.append(torch.ones(1, 4, dtype=torch.bool))
+        candidate.append(torch.ones(1, 4, dtype=torch.bool))
+    spherical_step, source_step = attack.adapt(spherical, candidate, torch.full((4,), 0.8), torch.full((4,), 0.4))
+    assert spherical_step.max() <= 1.0 and source_step.max() <= 0.5
 
 
 @pytest.mark.slow
@@ -280,3 +286,27 @@ def test_empty_batch(mlp: nn.Module) -> None:
     images, labels = torch.zeros(0, 1, 28, 28), torch.zeros(0, dtype=torch.int64)
     assert Boundary(steps=3)(mlp, images, labels).shape == (0, 1, 28, 28)
     assert Boundary(steps=3).run_with_trace(mlp, images, labels).l2_trace.shape == (4, 0)
+
+
+def test_a_randomised_model_never_drives_the_walk_to_nan():
+    """A coin-flip model misclassifies half the points near the original: the steps must stay
+    capped and the walk must stop at the original instead of dividing by a zero distance."""
+    import torch
+    from torch import nn
+
+    from menet.attacks import Boundary
+
+    class Coin(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.generator = torch.Generator().manual_seed(0)
+
+        def forward(self, x):
+            bit = torch.rand(len(x), generator=self.generator) < 0.5
+            return torch.stack([bit.float(), (~bit).float()], 1)
+
+    x = torch.rand(6, 1, 8, 8)
+    y = torch.zeros(6, dtype=torch.int64)
+    result = Boundary(eps=0.05, steps=300, init_attempts=20).run_with_trace(Coin(), x, y, generator=torch.Generator().manual_seed(1))
+    assert torch.isfinite(result.adversarial).all() and torch.isfinite(result.l2_adversarial).all()
+    assert float((result.adversarial - x).abs().max()) <= 0.05 + 1e-6

@@ -138,3 +138,12 @@ def test_bad_settings_are_clear_errors():
     for name in attack_names():  # every attack documents itself (menet attack --list)
         cls = get_attack_class(name)
         assert cls.__doc__ and "eps" in {f.name for f in dataclasses.fields(cls)}
+
+
+def test_restarts_keep_earlier_successes_without_best_iterate(fashion_nets, data):
+    x, y = data
+    net = fashion_nets["vanilla"]
+    settings = dict(eps=0.05, step_size=0.02, steps=1, keep_best=False)  # one step: the random start matters
+    one = PGD(**settings)(net, x, y, generator=torch.Generator().manual_seed(3))
+    five = PGD(**settings, restarts=5)(net, x, y, generator=torch.Generator().manual_seed(3))
+    assert accuracy(net, five, y) < accuracy(net, one, y)  # later restarts never undo an earlier success

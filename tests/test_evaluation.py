@@ -1,45 +1,17 @@
-"""Clean accuracy counting against a per-image loop."""
+"""evaluate(): scoring, draws, cascade, files, resume."""
 
 from __future__ import annotations
+
+import dataclasses
+import json
 
 import pytest
 import torch
 from torch import nn
 
-from menet.evaluation import count_correct
-
-
-def test_count_correct_equals_a_per_image_loop():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 5)).eval()
-    images = torch.randint(0, 256, (23, 3, 4, 4), dtype=torch.uint8)
-    labels = torch.randint(0, 5, (23,))
-    expected = sum(
-        int(model(images[i : i + 1].float() / 255).argmax(1).item() == labels[i].item()) for i in range(23)
-    )
-    for batch_size in (1, 7, 23, 100):
-        assert count_correct(model, images, labels, batch_size=batch_size) == expected
-    assert count_correct(model, images[:0], labels[:0]) == 0
-
-
-def test_count_correct_rejects_bad_input():
-    model = nn.Flatten()
-    with pytest.raises(ValueError, match="differ in length"):
-        count_correct(model, torch.zeros(3, 1, 2, 2, dtype=torch.uint8), torch.zeros(2, dtype=torch.long))
-    with pytest.raises(ValueError, match="batch_size"):
-        count_correct(model, torch.zeros(3, 1, 2, 2, dtype=torch.uint8), torch.zeros(3, dtype=torch.long), batch_size=0)
-    with pytest.raises(TypeError, match="uint8"):
-        count_correct(model, torch.zeros(3, 1, 2, 2), torch.zeros(3, dtype=torch.long))
-
-
-# --- evaluate(): scoring, draws, cascade, files, resume -----------------------------------
-
-import dataclasses  # noqa: E402
-import json  # noqa: E402
-
-from menet.attacks.base import Attack  # noqa: E402
-from menet.defense import MatrixEstimation  # noqa: E402
-from menet.evaluation import ResultStore, evaluate, read_result  # noqa: E402
+from menet.attacks.base import Attack
+from menet.defense import MatrixEstimation
+from menet.evaluation import ResultStore, evaluate, read_result
 
 
 class CoinModel(nn.Module):
@@ -180,3 +152,45 @@ def test_resuming_a_finished_evaluation_does_no_work(tmp_path):
 
     again = evaluate(PixelModel(), images, labels, {"big": Counting(eps=0.1)}, store=ResultStore(tmp_path, "t", resume=True))
     assert calls == [] and again["summary"] == first["summary"]
+
+
+def test_robust_accuracy_never_exceeds_clean():
+    """An 'attack' that fixes a misclassified example earns the model nothing (no cascade)."""
+
+    @dataclasses.dataclass(frozen=True)
+    class Fixer(Attack):
+        name = "fixer"
+
+        def run(self, model, images, labels, generator):
+            adv = images.clone()
+            adv[:, :, 0, 0] = (adv[:, :, 0, 0] + self.eps).clamp(0, 1)
+            return adv
+
+    images, labels = pixel_data([120, 200]), torch.tensor([1, 1])  # 120/255 + 0.1 > 0.5: fixed by the push
+    result = evaluate(PixelModel(), images, labels, {"up": Fixer(eps=0.1)})
+    assert result["outcomes"]["up"] == [[1, 1]]  # raw outcomes are kept as scored...
+    assert result["summary"]["clean"]["robust_all_draws"] == 0.5
+    assert result["summary"]["up"]["robust_all_draws"] == 0.5  # ...but robust needs clean-correct too
+    assert result["summary"]["worst case"]["robust_all_draws"] == 0.5
+
+
+def test_an_attack_returning_nan_is_refused():
+    @dataclasses.dataclass(frozen=True)
+    class Broken(Attack):
+        name = "broken"
+
+        def run(self, model, images, labels, generator):
+            return torch.full_like(images, float("nan"))
+
+    with pytest.raises(RuntimeError, match="NaN"):
+        evaluate(PixelModel(), pixel_data([1, 2]), torch.tensor([0, 0]), {"b": Broken(eps=0.1)})
+
+
+def test_resume_refuses_other_inputs_and_sharding_needs_a_store(tmp_path):
+    images, labels = pixel_data([200, 140]), torch.tensor([1, 1])
+    attacks = {"big": ZeroOut(eps=0.1)}
+    evaluate(PixelModel(), images, labels, attacks, store=ResultStore(tmp_path, "t"), inputs={"model": "aaa", "offset": 0})
+    with pytest.raises(ValueError, match="other settings"):  # other weights under the same tag
+        evaluate(PixelModel(), images, labels, attacks, store=ResultStore(tmp_path, "t", resume=True), inputs={"model": "bbb", "offset": 0})
+    with pytest.raises(ValueError, match="needs a ResultStore"):
+        evaluate(PixelModel(), images, labels, attacks, rank=0, world=2)

@@ -142,6 +142,8 @@ def test_resume_is_exact_with_dropout(tmp_path):
         ({"defense.options": "{mu: 2.0}"}, "defense.options"),  # nuclear norm's option, method usvt
         ({"mode": "madry", "masks": "cached"}, "masks"),
         ({"model_options": "{depth: 12}"}, "model_options"),
+        ({"name": ".."}, "name"),  # a path out of the runs folder
+        ({"name": "a/b"}, "name"),
     ],
 )
 def test_bad_config_fails_before_any_work(tmp_path, override, field):
@@ -149,6 +151,11 @@ def test_bad_config_fails_before_any_work(tmp_path, override, field):
     with pytest.raises(ConfigError, match=f"config field {field} "):
         fit(config, tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+def test_lr_milestones_must_be_a_list():
+    with pytest.raises(ConfigError, match="lr_milestones must be a list"):
+        config_from_dict(tiny("vanilla", lr_milestones=5))
 
 
 def test_unknown_config_key_names_it():
@@ -218,7 +225,7 @@ def test_cli_train_with_recipe_and_overrides(tmp_path, capsys):
 
     from menet.cli import main
 
-    recipe = Path(__file__).resolve().parents[1] / "recipes" / "fashion-mnist-quick.yaml"
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "train" / "fashion-mnist-quick.yaml"
     args = ["train", str(recipe), "--runs", str(tmp_path), "--set", "train_limit=64", "--set", "epochs=2",
             "--set", "test_limit=32", "--set", "eval_every=2", "--quiet"]
     assert main(args) == 0
@@ -355,7 +362,7 @@ def test_every_recipe_is_a_valid_config():
 
     from menet.config import load_recipe
 
-    recipes = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+    recipes = sorted((Path(__file__).resolve().parents[1] / "recipes" / "train").glob("*.yaml"))
     assert len(recipes) >= 8
     for path in recipes:
         config = config_from_dict(load_recipe(path))

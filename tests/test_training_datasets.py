@@ -12,7 +12,7 @@ from menet.config import config_from_dict
 from menet.data import load_dataset
 from menet.defense import MENet
 from menet.runs import load_model
-from menet.training import TEST_STREAM, _stream_generator, fit
+from menet.training import TEST_STREAM, _stream_seed, fit
 
 MODELS = {"mnist": "lenet", "cifar10": "resnet18", "svhn": "resnet18", "tiny-imagenet": "densenet121"}
 
@@ -48,7 +48,7 @@ def test_mode_trains_on_dataset(tmp_path, dataset, mode):
     # The reported test accuracy is the saved, deployed model's on the dataset's test split:
     # recomputed here batch by batch with the masks of the run's test stream.
     run = tmp_path / "runs" / "run"
-    model = load_model(run, generator=_stream_generator(0, 0, TEST_STREAM))
+    model = load_model(run)
     assert isinstance(model, MENet) == mode.startswith("menet")
     network = model.classifier if isinstance(model, MENet) else model
     saved = load_weights_only(run / "model.pt")
@@ -56,7 +56,9 @@ def test_mode_trains_on_dataset(tmp_path, dataset, mode):
     test = load_dataset(dataset, "test", tmp_path / "data", verify=False)
     correct = 0
     with torch.no_grad():
-        for start in range(0, len(test.labels), 4):
+        for start in range(0, len(test.labels), 4):  # masks keyed by (seed, epoch, batch start)
+            if isinstance(model, MENet):
+                model.preprocess.generator = torch.Generator().manual_seed(_stream_seed(0, 0, TEST_STREAM, start))
             x = test.images[start : start + 4].float() / 255
             correct += int((model(x).argmax(1) == test.labels[start : start + 4]).sum())
     assert history[0]["test_accuracy"] == correct / len(test.labels)

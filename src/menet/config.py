@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -101,7 +102,8 @@ class TrainConfig:
         from menet.models import model_names
 
         checks = [
-            ("name", isinstance(self.name, str) and bool(self.name) and "/" not in self.name, "a non-empty run name without '/'"),
+            ("name", isinstance(self.name, str) and re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]*", self.name) is not None,
+             "a run name of letters, digits, '.', '_' and '-' (a folder name, not a path)"),
             ("dataset", self.dataset in DATASETS, f"one of {', '.join(DATASETS)}"),
             ("model", self.model in model_names(), f"one of {', '.join(model_names())}"),
             ("mode", self.mode in MODES, f"one of {', '.join(MODES)}"),
@@ -234,6 +236,8 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
         data[key] = cls(**section)
     _check_keys(TrainConfig, data)
     if "lr_milestones" in data:
+        if not isinstance(data["lr_milestones"], (list, tuple)):
+            raise ConfigError(f"config field lr_milestones must be a list of epochs, got {data['lr_milestones']!r}")
         data["lr_milestones"] = tuple(data["lr_milestones"])
     if "name" not in data:
         raise ConfigError("config field name is required")

@@ -48,37 +48,6 @@ CLEAN = "clean"
 WORST = "worst case"
 
 
-@torch.no_grad()
-def count_correct(
-    model: nn.Module,
-    images: Tensor,
-    labels: Tensor,
-    *,
-    batch_size: int = 256,
-    device: torch.device | str = "cpu",
-    amp: bool = False,
-    progress: Progress = no_progress,
-) -> int:
-    """How many of ``images`` (uint8 (N, C, H, W)) ``model`` classifies as ``labels`` (N,).
-
-    Batched; the model's train/eval mode is left as it is (call ``model.eval()`` first).
-    A defended model draws its masks from its preprocess's generator.
-    """
-    if len(images) != len(labels):
-        raise ValueError(f"images and labels differ in length: {len(images)} and {len(labels)}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device = torch.device(device)
-    correct = 0
-    starts = range(0, len(images), batch_size)
-    for start in progress(starts, desc="test", total=len(starts)):
-        x = to_float(images[start : start + batch_size]).to(device)
-        y = labels[start : start + batch_size].to(device)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-            correct += int((model(x).argmax(1) == y).sum())
-    return correct
-
-
 # --- randomness --------------------------------------------------------------------------
 
 def _generator(seed: int, *key: int) -> torch.Generator:
@@ -116,9 +85,8 @@ class BatchOutcome:
         return dataclasses.asdict(self)
 
 
-def _accuracies(rows: list[list[int | None]]) -> dict[str, float | int]:
-    """(draws, N) outcomes -> accuracy in all draws, mean over draws, and the count."""
-    table = np.array([[0 if v is None else v for v in row] for row in rows], dtype=np.int64).reshape(len(rows), -1)
+def _accuracies(table: np.ndarray) -> dict[str, float | int]:
+    """(draws, N) 0/1 outcomes -> accuracy in all draws, mean over draws, and the count."""
     n = table.shape[1]
     return {
         "robust_all_draws": float(table.min(0).mean()) if n else float("nan"),
@@ -128,39 +96,63 @@ def _accuracies(rows: list[list[int | None]]) -> dict[str, float | int]:
 
 
 def summarise(outcomes: Mapping[str, list[list[int | None]]], names: list[str]) -> dict[str, dict[str, float | int]]:
-    """Accuracy per scored name, and the worst case over the attacks per example and draw."""
-    summary = {name: _accuracies(outcomes[name]) for name in [CLEAN, *names]}
+    """Accuracy per scored name, and the worst case over the attacks, per example and draw.
+
+    An example counts as robust to an attack in a draw only if it is also classified correctly
+    clean in every draw (robust accuracy never exceeds clean accuracy: an attack that happens
+    to fix a misclassified example is no credit to the model); the worst case is robust only
+    if robust to every attack. With a cascade, examples not attacked (already broken) count
+    as broken in every draw, which also lowers the mean over draws.
+    """
+    def table(name: str) -> np.ndarray:
+        rows = outcomes[name]
+        return np.array([[0 if v is None else v for v in row] for row in rows], dtype=np.int64).reshape(len(rows), -1)
+
+    clean = table(CLEAN)
+    clean_all = clean.min(0, initial=1)[None, :] if clean.size else clean
+    summary = {CLEAN: _accuracies(clean)}
+    per_attack = {name: np.minimum(table(name), clean_all) for name in names}
+    summary.update({name: _accuracies(t) for name, t in per_attack.items()})
     if names:
-        stacked = np.array([[[0 if v is None else v for v in row] for row in outcomes[name]] for name in names])
-        worst = stacked.min(0).tolist()  # (draws, N): robust in a draw only if robust under every attack
-        summary[WORST] = _accuracies(worst)
+        summary[WORST] = _accuracies(np.stack(list(per_attack.values())).min(0))
     return summary
 
 
 # --- the evaluation loop -----------------------------------------------------------------
 
 def _check_budget(name: str, attack: Attack, adv: Tensor, x: Tensor) -> float:
-    linf = float((adv - x).abs().amax()) if len(x) else 0.0
-    if linf > attack.eps + 1e-6 or (len(adv) and (adv.min() < 0 or adv.max() > 1)):
+    if len(x) == 0:
+        return 0.0
+    if not bool(torch.isfinite(adv).all()):
+        raise RuntimeError(f"attack {name!r} returned NaN or Inf pixels: a bug (nothing of this batch is kept)")
+    linf = float((adv - x).abs().amax())
+    if linf > attack.eps + 1e-6 or adv.min() < 0 or adv.max() > 1:
         raise RuntimeError(f"attack {name!r} left its budget (L-inf {linf:.6g} > eps {attack.eps:.6g}, or outside [0, 1]): a bug")
     return linf
 
 
 def _score(model: nn.Module, x: Tensor, y: Tensor, defenses: list[MatrixEstimation], draws: int,
-           seed: int, key: tuple[int, ...], max_batch: int) -> list[list[int]]:
+           seed: int, key: tuple[int, ...], max_batch: int) -> Tensor:
+    """(draws, N) bool: correct in each scoring draw (masks keyed by ``key`` and the draw)."""
     rows = []
     for draw in range(draws):
         _set_mask_generators(defenses, _generator(seed, *key, _DRAW_MASKS, draw))
-        rows.append((predict(model, x, max_batch) == y).to(torch.int64).tolist())
-    return rows
+        rows.append(predict(model, x, max_batch) == y)
+    return torch.stack(rows).cpu() if rows else torch.zeros(0, len(x), dtype=torch.bool)
+
+
+def _as_lists(table: Tensor) -> list[list[int | None]]:
+    """(draws, N) int with -1 for "not attacked" -> lists of 0 / 1 / None (JSON-ready)."""
+    return [[None if v < 0 else v for v in row] for row in table.tolist()]
 
 
 def evaluate_batch(model: nn.Module, x: Tensor, y: Tensor, attacks: Mapping[str, Attack], *, index: int, start: int,
                    draws: int, seed: int, cascade: bool, max_batch: int = 1024) -> BatchOutcome:
     """Clean and adversarial outcomes of one batch (float images on the model's device)."""
     defenses = defenses_of(model)
-    outcomes = {CLEAN: _score(model, x, y, defenses, draws, seed, (index, 0), max_batch)}
-    robust = torch.tensor(outcomes[CLEAN], dtype=torch.bool).all(0)  # cascade: still unbroken
+    clean = _score(model, x, y, defenses, draws, seed, (index, 0), max_batch)
+    outcomes = {CLEAN: _as_lists(clean.to(torch.int64))}
+    robust = clean.all(0)  # cascade: still unbroken
     seconds, max_linf = {}, {}
     for number, (name, attack) in enumerate(attacks.items(), start=1):
         todo = robust.nonzero().squeeze(1) if cascade else torch.arange(len(x))
@@ -172,14 +164,10 @@ def evaluate_batch(model: nn.Module, x: Tensor, y: Tensor, attacks: Mapping[str,
         adv = attack(model, x[idx], y[idx], generator=_generator(seed, index, number, _ATTACK))
         seconds[name] = time.perf_counter() - began
         max_linf[name] = _check_budget(name, attack, adv, x[idx])
-        scored = _score(model, adv, y[idx], defenses, draws, seed, (index, number), max_batch)
-        rows: list[list[int | None]] = [[None] * len(x) for _ in range(draws)]
-        for draw in range(draws):
-            for j, i in enumerate(todo.tolist()):
-                rows[draw][i] = scored[draw][j]
-        outcomes[name] = rows
-        still = torch.tensor([[0 if v is None else v for v in row] for row in rows], dtype=torch.bool).all(0)
-        robust &= still
+        table = torch.full((draws, len(x)), -1, dtype=torch.int64)  # -1: not attacked (cascade)
+        table[:, todo] = _score(model, adv, y[idx], defenses, draws, seed, (index, number), max_batch).to(torch.int64)
+        outcomes[name] = _as_lists(table)
+        robust &= (table == 1).all(0)
     return BatchOutcome(index, start, outcomes, seconds, max_linf)
 
 
@@ -215,6 +203,7 @@ def evaluate(
     cascade: bool = False,
     device: torch.device | str | None = None,
     store: ResultStore | None = None,
+    inputs: Mapping[str, Any] | None = None,
     rank: int = 0,
     world: int = 1,
     progress: Progress = no_progress,
@@ -223,7 +212,9 @@ def evaluate(
 
     ``attacks`` maps a name to an attack (see ``menet.attacks``); ``draws`` scoring passes per
     adversarial batch (robust = correct in all of them); ``seed`` keys all randomness;
-    ``cascade`` attacks only the examples still robust. With a ``store`` the finished batches
+    ``cascade`` attacks only the examples still robust. ``inputs`` describes what is evaluated
+    beyond the images (e.g. the run's model fingerprint, the test offset, the gradient mode, the
+    transfer source): it is recorded, and a resumed evaluation must match it. With a ``store`` the finished batches
     are kept on disk as they end (resume: pass the same store again) and the result is written
     to its JSON and Markdown files. Under torchrun (``rank``/``world``) each rank evaluates
     every world-th batch; rank 0 returns the merged result, other ranks their own part.
@@ -236,14 +227,14 @@ def evaluate(
     for name, value, low in (("draws", draws, 1), ("batch_size", batch_size, 1), ("seed", seed, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    if not attacks and draws < 1:
-        raise ValueError("nothing to evaluate")
+    if world > 1 and store is None:
+        raise ValueError("a sharded evaluation (world > 1) needs a ResultStore: rank 0 merges the ranks' batches from it")
     device = torch.device(device) if device is not None else next(iter(model.parameters()), torch.empty(0)).device
     names = list(attacks)
     if CLEAN in names or WORST in names:
         raise ValueError(f"attack names {CLEAN!r} and {WORST!r} are reserved")
     settings = {"n": len(labels), "batch_size": batch_size, "draws": draws, "seed": seed, "cascade": cascade,
-                "attacks": {name: attack.settings() for name, attack in attacks.items()}}
+                "inputs": dict(inputs or {}), "attacks": {name: attack.settings() for name, attack in attacks.items()}}
     if store is not None:
         finished = store.completed(settings)
         if finished is not None:  # resuming an evaluation that already ended: nothing to do
@@ -347,10 +338,8 @@ class ResultStore:
         settings_path = self.partial / "settings.json"
         if rank == 0:
             self.check()
-            if self.overwrite:
+            if self.overwrite:  # the old result stays until the new one replaces it (write)
                 shutil.rmtree(self.partial, ignore_errors=True)
-                self.json_path.unlink(missing_ok=True)
-                self.md_path.unlink(missing_ok=True)
             if self.resume and self.json_path.exists() and not self.partial.exists():
                 saved = json.loads(self.json_path.read_text()).get("settings")
                 if saved != json.loads(json.dumps(settings)):
@@ -455,4 +444,4 @@ def read_result(path: str | Path) -> dict[str, Any]:
     return data
 
 
-__all__ = ["ResultStore", "count_correct", "environment", "evaluate", "format_table", "read_result", "summarise"]
+__all__ = ["ResultStore", "environment", "evaluate", "format_table", "read_result", "summarise"]

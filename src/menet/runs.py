@@ -78,6 +78,27 @@ def read_config(run_dir: str | Path) -> TrainConfig:
         raise CheckpointError(f"{path}: {err}") from None
 
 
+def model_fingerprint(run_dir: str | Path) -> str:
+    """A short SHA-256 of the run's model.pt: results record it, so that an evaluation of other
+    weights (retrained, overwritten) is never resumed or reused as this one."""
+    import hashlib
+
+    path = Path(run_dir) / MODEL_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def evaluation_inputs(run_dir: str | Path, *, dataset: str, offset: int = 0, gradient: str = "bpda",
+                      transfer_from: str | Path | None = None) -> dict[str, object]:
+    """What an evaluation of a run depends on beyond its attack settings (see ``evaluate``)."""
+    inputs: dict[str, object] = {"model": model_fingerprint(run_dir), "dataset": dataset, "split": "test",
+                                 "offset": offset, "gradient": gradient}
+    if transfer_from is not None:
+        inputs.update(transfer_from=str(transfer_from), source_model=model_fingerprint(transfer_from))
+    return inputs
+
+
 def load_network(run_dir: str | Path) -> tuple[TrainConfig, nn.Module]:
     """(config, the trained network without the defense) of a run, in eval mode."""
     run = Path(run_dir)

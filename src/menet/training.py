@@ -27,6 +27,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,13 +53,12 @@ from menet.config import RESUME_MAY_CHANGE, TrainConfig, config_from_dict, get_f
 from menet.data import draw_augmentation, get_dataset_spec, load_dataset, to_float
 from menet.defense import MatrixEstimation, MENet
 from menet.estimation.layout import matrix_mask_shape
-from menet.evaluation import count_correct
 from menet.io_atomic import write_text_atomic
 from menet.masking import random_mask
 from menet.models import build_model_for_dataset
 from menet.progress import Progress, no_progress
 from menet.recon_cache import cached_reconstructions
-from menet.runs import RUN_FILES, build_defense, deployed_model, write_config
+from menet.runs import EVAL_DIR, RUN_FILES, build_defense, deployed_model, write_config
 
 log = logging.getLogger(__name__)
 HISTORY_FIELDS = ("epoch", "loss", "accuracy", "test_accuracy", "lr", "seconds", "images_per_s")
@@ -248,6 +248,7 @@ def fit(
     elif place.is_main:
         for name in RUN_FILES:  # starting over: no file of the old run may outlive it
             (run / name).unlink(missing_ok=True)
+        shutil.rmtree(run / EVAL_DIR, ignore_errors=True)  # nor its results, which were of other weights
         write_config(run, config)
 
     core.to(place.device)
@@ -306,14 +307,23 @@ def fit(
 
 def _test_accuracy(s: _Setup, test: tuple[torch.Tensor, torch.Tensor], epoch: int, progress: Progress) -> float:
     """Clean accuracy on the test split of the model as deployed (MENet at the inference p for
-    ME-Net modes, masks from the epoch's test stream); each rank counts its share."""
+    ME-Net modes). Each test batch draws its masks from a stream keyed by (seed, epoch, batch),
+    and rank r counts the batches r, r + world, ...: the result does not depend on the number
+    of processes."""
     config, place = s.config, s.place
-    model = deployed_model(config, s.core, _stream_generator(config.seed, epoch, TEST_STREAM))
-    images, labels = test[0][place.rank :: place.world], test[1][place.rank :: place.world]
+    model = deployed_model(config, s.core)
     s.core.eval()
-    correct = count_correct(model, images, labels, batch_size=config.batch_size, device=place.device,
-                            amp=s.use_amp, progress=progress)
-    counts = _sum_over_ranks(torch.tensor([correct, len(labels)], dtype=torch.float64), place)
+    starts = list(range(0, len(test[1]), config.batch_size))[place.rank :: place.world]
+    correct = 0
+    with torch.no_grad():
+        for start in progress(starts, desc="test", total=len(starts)):
+            if config.defended:
+                model.preprocess.generator = torch.Generator().manual_seed(_stream_seed(config.seed, epoch, TEST_STREAM, start))
+            x = to_float(test[0][start : start + config.batch_size]).to(place.device)
+            y = test[1][start : start + config.batch_size].to(place.device)
+            with torch.autocast(place.device.type, dtype=torch.float16, enabled=s.use_amp):
+                correct += int((model(x).argmax(1) == y).sum())
+    counts = _sum_over_ranks(torch.tensor([correct, len(test[1]) if place.is_main else 0], dtype=torch.float64), place)
     return counts[0].item() / max(counts[1].item(), 1.0)
 
 

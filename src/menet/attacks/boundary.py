@@ -39,6 +39,10 @@ from menet.attacks.base import Attack, check_batch, check_number, eval_mode, pre
 log = logging.getLogger(__name__)
 
 CONVERGED_SOURCE_STEP = 1e-7  # foolbox's source_step_convergance: below it an example stops
+# On a randomised model (ME-Net) candidates near the original are misclassified at the model's
+# noise rate, which can keep the success rate above foolbox's threshold for growing the steps:
+# the steps are capped, and an example stops once it is this close (L2) to its original.
+MAX_SOURCE_STEP, MAX_SPHERICAL_STEP, MIN_DISTANCE = 0.5, 1.0, 1e-6
 SPHERICAL_WINDOW = 100  # recent spherical trials behind the spherical success rate (foolbox)
 CANDIDATE_WINDOW = 30  # recent candidate trials behind the candidate success rate (foolbox)
 
@@ -61,9 +65,9 @@ def boundary_proposals(originals: Tensor, current: Tensor, noise: Tensor, spheri
     """
     diff = (originals - current)[:, None]  # (M, 1, D)
     radius = diff.norm(dim=-1, keepdim=True)  # (M, 1, 1)
-    direction = diff / radius
+    direction = diff / radius.clamp_min(torch.finfo(diff.dtype).tiny)
     eta = noise - (noise * direction).sum(-1, keepdim=True) * direction  # orthogonal to diff
-    eta = eta * (spherical_step[:, None, None] * radius / eta.norm(dim=-1, keepdim=True))
+    eta = eta * (spherical_step[:, None, None] * radius / eta.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(diff.dtype).tiny))
     # |eta - diff| = r * sqrt(1 + s^2) (Pythagoras): dividing by sqrt(1 + s^2) lands on the sphere
     spherical = originals[:, None] + (eta - diff) / torch.sqrt(spherical_step[:, None, None] ** 2 + 1)
     spherical = spherical.clamp(0.0, 1.0)
@@ -71,7 +75,7 @@ def boundary_proposals(originals: Tensor, current: Tensor, noise: Tensor, spheri
     towards_norm = towards.norm(dim=-1, keepdim=True)
     # step length source_step * r, corrected for the clipped candidate's distance from the sphere
     length = (source_step[:, None, None] * radius + towards_norm - radius).clamp(min=0.0)
-    candidates = (spherical + length / towards_norm * towards).clamp(0.0, 1.0)
+    candidates = (spherical + length / towards_norm.clamp_min(torch.finfo(diff.dtype).tiny) * towards).clamp(0.0, 1.0)
     return candidates, spherical
 
 
@@ -275,7 +279,7 @@ class Boundary(Attack):
         spherical_window = SuccessWindow(SPHERICAL_WINDOW, m, originals)
         candidate_window = SuccessWindow(CANDIDATE_WINDOW, m, originals)
         for step in range(1, self.steps + 1):
-            active = source_step >= CONVERGED_SOURCE_STEP
+            active = (source_step >= CONVERGED_SOURCE_STEP) & (distance > MIN_DISTANCE)
             if m == 0 or not bool(active.any()):
                 trace[step:] = distance
                 break
@@ -328,4 +332,4 @@ class Boundary(Attack):
         up, down = full & (rate > 0.25), full & (rate < 0.1)
         source_step = source_step * torch.where(up, factor, torch.where(down, 1 / factor, 1.0)).to(source_step.dtype)
         candidate_window.clear(up | down)
-        return spherical_step, source_step
+        return spherical_step.clamp(max=MAX_SPHERICAL_STEP), source_step.clamp(max=MAX_SOURCE_STEP)

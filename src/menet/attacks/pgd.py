@@ -18,12 +18,15 @@ from menet.attacks.base import (
     check_loss,
     check_number,
     loss_gradient,
+    predict,
     project_linf,
     random_start,
     register_attack,
 )
+from menet.defense import MatrixEstimation
 
 GradTransform = Callable[[Tensor], Tensor]
+RESTART_CHECK_DRAWS = 3  # fresh forward passes that must all be fooled before a randomised model's example stops restarting
 
 
 def _better(loss: Tensor, fooled: Tensor, best_loss: Tensor, best_fooled: Tensor) -> Tensor:
@@ -83,8 +86,8 @@ class PGD(Attack):
     """L-inf PGD (Madry et al., 2018): random start, signed steps, restarts, best iterate kept.
 
     eps: L-inf budget (default 8/255); step_size (2/255); steps (40); random_start (True);
-    restarts (1: restarts > 1 run again from new random starts on the examples not yet
-    fooled); loss: "ce" (cross-entropy) or "cw" (the L-inf CW margin loss); eot: gradient
+    restarts (1: restarts > 1 run again from new random starts on the examples not yet fooled,
+    on a randomised model judged by 3 fresh forward passes that must all be fooled); loss: "ce" (cross-entropy) or "cw" (the L-inf CW margin loss); eot: gradient
     samples per step (1; see ``eot``); keep_best: return per example the most adversarial
     iterate seen (misclassified first, then highest loss) rather than the last one.
     Example: ``PGD(eps=8/255, step_size=2/255, steps=1000)(model, x, y, generator=g)``.
@@ -119,10 +122,13 @@ class PGD(Attack):
 
     def run(self, model: nn.Module, images: Tensor, labels: Tensor, generator: torch.Generator | None) -> Tensor:
         result = images.clone()
-        best_loss = torch.full((len(images),), float("-inf"), device=images.device)
-        best_fooled = torch.zeros(len(images), dtype=torch.bool, device=images.device)
-        for _ in range(self.restarts):
-            todo = (~best_fooled).nonzero().squeeze(1)
+        n = len(images)
+        best_loss = torch.full((n,), float("-inf"), device=images.device)
+        best_fooled = torch.zeros(n, dtype=torch.bool, device=images.device)
+        done = torch.zeros(n, dtype=torch.bool, device=images.device)  # no restart needed any more
+        randomised = any(isinstance(m, MatrixEstimation) for m in model.modules())
+        for restart in range(self.restarts):
+            todo = (~done).nonzero().squeeze(1)
             if len(todo) == 0:
                 break
             x, y = images[todo], labels[todo]
@@ -131,11 +137,22 @@ class PGD(Attack):
                 start=self.start(model, x, generator), loss=self.loss, samples=self.eot,
                 keep_best=self.keep_best, grad_transform=self.grad_transform(model, x), max_batch=self.max_batch,
             )
-            better = _better(loss, fooled, best_loss[todo], best_fooled[todo]) if self.keep_best else torch.ones_like(fooled)
+            if not self.keep_best:  # the last iterate: score it (pgd_loop scores only the iterates it keeps)
+                fooled = predict(model, adv, self.max_batch) != y
+                loss = torch.zeros_like(loss)
+            better = _better(loss, fooled, best_loss[todo], best_fooled[todo]) | (restart == 0)
             chosen = todo[better]
             result[chosen] = adv[better]
             best_loss[chosen] = loss[better]
             best_fooled[chosen] = fooled[better]
+            if self.restarts > 1:
+                # Stop restarting an example once its adversarial fools the model; on a randomised
+                # model (fresh masks per pass) only if it does so in several fresh passes, not one lucky one.
+                checks = RESTART_CHECK_DRAWS if randomised else 1
+                still = torch.ones(len(todo), dtype=torch.bool, device=images.device)
+                for _ in range(checks):
+                    still &= predict(model, result[todo], self.max_batch) != y
+                done[todo] = still
         return result
 
 
