@@ -2,11 +2,12 @@
 
 Prints `name: value (ratio vs reference)` lines: images/s of each batched estimator (float32,
 batch 1024, all cores) against a per-image loop (numpy SVD per image for USVT; the plain
-Soft-Impute iteration per image in numpy; cvxpy + SCS per image for the nuclear norm, on a
-few images), with the output agreement; then the peak memory of one call on 100,000
-CIFAR-shaped matrices. Median of 3 repeats. Data: real Fashion-MNIST test images (28 x 28),
-and CIFAR-shaped 32 x 96 "concat" matrices built from them (padded to 32 x 32, three
-channels from shifted and scaled copies), since CIFAR-10 is not shipped with menet.
+Soft-Impute iteration per image in numpy; cvxpy + SCS per image for the nuclear norm and
+cvxpy + Clarabel for total variation, on a few images), with the output agreement; then the
+peak memory of one call on 100,000 CIFAR-shaped matrices. Median of 3 repeats. Data: real
+Fashion-MNIST test images (28 x 28), and CIFAR-shaped 32 x 96 "concat" matrices built from
+them (padded to 32 x 32, three channels from shifted and scaled copies), since CIFAR-10 is
+not shipped with menet.
 
 Usage: python benchmarks/estimation.py [--quick] [--device cuda] [--no-reference]
 """
@@ -25,13 +26,17 @@ import numpy as np
 import torch
 
 from menet.data import load_dataset
-from menet.estimation import nuclear_norm, soft_impute, usvt
+from menet.estimation import nuclear_norm, soft_impute, tv_minimization, usvt
 from menet.estimation.reference import (
     nuclear_norm_objective,
     nuclear_norm_reference,
     soft_impute_reference,
+    tv_objective,
+    tv_reference,
     usvt_reference,
 )
+
+TV_WEIGHT = 0.12  # tv_minimization's default: Guo et al.'s weight on [-1, 1] matrices
 
 
 def median_time(fn: Callable[[], object], repeats: int = 3) -> float:
@@ -70,6 +75,8 @@ def bench_shape(name: str, data: np.ndarray, p: float, args: argparse.Namespace)
          lambda n: soft_impute_reference(data[:n], mask_np[:n]), args.ref_softimpute),
         ("nucnorm", lambda: nuclear_norm(a, mask),
          lambda n: nuclear_norm_reference(data[:n], mask_np[:n]), args.ref_nucnorm),
+        ("tv", lambda: tv_minimization(a, mask, weight=TV_WEIGHT),
+         lambda n: tv_reference(data[:n], mask_np[:n], weight=TV_WEIGHT), args.ref_tv),
     ]
     for method, ours, reference, n_ref in cases:
         ours()  # warm-up
@@ -79,13 +86,17 @@ def bench_shape(name: str, data: np.ndarray, p: float, args: argparse.Namespace)
             print(f"{method} {name} p={p} {args.device}: {rate:,.0f} images/s (no reference run)", flush=True)
             continue
         out = ours().cpu().numpy()
-        ref_repeats = 1 if method == "nucnorm" else args.repeats
+        ref_repeats = 1 if method in ("nucnorm", "tv") else args.repeats
         t_ref = median_time(lambda: reference(n_ref), ref_repeats) / n_ref * len(data)
         ref_out = reference(n_ref)
         if method == "nucnorm":
             ours_obj = nuclear_norm_objective(out[:n_ref], data[:n_ref], mask_np[:n_ref], 1.0)
             ref_obj = nuclear_norm_objective(ref_out, data[:n_ref], mask_np[:n_ref], 1.0)
             agreement = f"objective gap vs SCS max {np.max((ours_obj - ref_obj) / ref_obj):+.1e}"
+        elif method == "tv":
+            ours_obj = tv_objective(out[:n_ref], data[:n_ref], mask_np[:n_ref], TV_WEIGHT)
+            ref_obj = tv_objective(ref_out, data[:n_ref], mask_np[:n_ref], TV_WEIGHT)
+            agreement = f"objective gap vs Clarabel max {np.max((ours_obj - ref_obj) / ref_obj):+.1e}"
         else:
             agreement = f"max abs diff {np.max(np.abs(out[:n_ref] - ref_out)):.1e}"
         ref_rate = len(data) / t_ref
@@ -111,14 +122,15 @@ for i in range(0, n, 1000):
 out = torch.empty_like(a).fill_(0)
 del out
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-kwargs = {"usvt": {"rank_fraction": 0.8}, "softimpute": {"max_iters": 3}, "nucnorm": {"max_iters": 3}}
+kwargs = {"usvt": {"rank_fraction": 0.8}, "softimpute": {"max_iters": 3}, "nucnorm": {"max_iters": 3},
+          "tv": {"max_iters": 3}}
 get_method(sys.argv[1]).estimate(a, mask, **kwargs[sys.argv[1]])
 print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
 """
 
 
 def bench_memory(n: int, threads: int) -> None:
-    for method in ("usvt", "softimpute", "nucnorm"):
+    for method in ("usvt", "softimpute", "nucnorm", "tv"):
         result = subprocess.run(
             [sys.executable, "-c", MEMORY_PROBE, method, str(n), str(threads)],
             capture_output=True, text=True, check=True,
@@ -140,6 +152,7 @@ def main() -> None:
     parser.add_argument("--ref-usvt", type=int, default=1024, help="images in the USVT reference loop")
     parser.add_argument("--ref-softimpute", type=int, default=128)
     parser.add_argument("--ref-nucnorm", type=int, default=4)
+    parser.add_argument("--ref-tv", type=int, default=16)
     parser.add_argument("--memory-matrices", type=int, default=100_000)
     parser.add_argument("--quick", action="store_true", help="small run to check the script")
     parser.add_argument("--memory-only", action="store_true", help="only the peak-memory probe")
@@ -147,7 +160,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.batch, args.repeats, args.memory_matrices = 128, 1, 5_000
-        args.ref_usvt, args.ref_softimpute, args.ref_nucnorm = 64, 16, 1
+        args.ref_usvt, args.ref_softimpute, args.ref_nucnorm, args.ref_tv = 64, 16, 1, 2
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)
     print(f"# torch {torch.__version__}, {threads} threads, device {args.device}, batch {args.batch}, float32")

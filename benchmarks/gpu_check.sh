@@ -18,7 +18,7 @@ mkdir -p "$out"
 python3 -c "import torch; print('torch', torch.__version__, 'device', torch.cuda.get_device_name(0))" | tee "$out/device.txt"
 python3 benchmarks/estimation.py --device cuda --no-reference --batch 4096 2>&1 | tee "$out/estimation-gpu.txt"
 python3 benchmarks/attacks.py --device cuda --no-reference --batch 256 --estimation-batch 4096 2>&1 | tee "$out/attacks-gpu.txt"
-python3 -m menet train recipes/fashion-mnist-quick.yaml --device cuda --amp --runs "$out/runs" --quiet \
+python3 -m menet train recipes/train/fashion-mnist-quick.yaml --device cuda --amp --runs "$out/runs" --quiet \
   --set train_limit=null --set defense.p_start=0.3 --set defense.p_end=0.5 --set epochs=3 2>&1 | tee "$out/train-gpu.txt"
 python3 -m menet attack "$out/runs/fashion-mnist-quick" --device cuda --attack pgd --eps 0.1 --step-size 0.01 \
   --steps 100 --n 1000 --draws 3 --tag pgd100 --quiet 2>&1 | tee "$out/attack-gpu.txt"

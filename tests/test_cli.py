@@ -4,22 +4,31 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from menet.cli import main
 
 
-def test_demo_writes_figures_and_summary(tmp_path, capsys):
+def test_demo_trains_attacks_and_reports(tmp_path, capsys):
+    from PIL import Image
+
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--images", "16", "--quiet"]) == 0
-    for name in ("reconstructions.png", "approx_rank.png"):
-        data = (out / name).read_bytes()
-        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
-    summary = (out / "summary.md").read_text()
-    for method in ("usvt", "softimpute", "nucnorm"):
-        assert summary.count(f"| {method} |") == 5
-    assert "Approximate rank" in capsys.readouterr().out
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
+    assert main(["demo", "--out", str(out), "--scale", "tiny", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "| vanilla LeNet |" in printed and "| ME-Net LeNet" in printed and "report.md" in printed
+    report = (out / "report.md").read_text()
+    for needed in ("transfer FGSM", "white-box PGD-40 (BPDA)", "BPDA + EOT-5", "Sanity checks", "ranks-fashion-mnist.png",
+                   "reconstructions-fashion-mnist.png"):
+        assert needed in report, needed
+    for name in ("ranks-fashion-mnist.png", "reconstructions-fashion-mnist.png"):
+        pixels = np.asarray(Image.open(out / name).convert("RGB"))
+        assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 20  # not blank
+    assert {"vanilla", "copy", "menet"} <= {p.name for p in out.iterdir()}
+    assert not [p for p in out.rglob(".*") if p.name != ".gitignore"]  # no temporary or partial files left
+    before = (out / "report.md").read_text()
+    assert main(["demo", "--out", str(out), "--scale", "tiny", "--quiet"]) == 0  # a second run reuses everything
+    assert (out / "report.md").read_text() == before
 
 
 def test_missing_data_is_a_clear_error(tmp_path, capsys):

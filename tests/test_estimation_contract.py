@@ -1,4 +1,4 @@
-"""The common contract of the three estimators: validation, chunking, devices, dtypes."""
+"""The common contract of every registered estimator: validation, chunking, devices, dtypes."""
 
 from __future__ import annotations
 
@@ -79,6 +79,10 @@ class TestBadInput:
         ("nucnorm", {"mu": float("nan")}, "mu"),
         ("nucnorm", {"tol": -1.0}, "tol"),
         ("nucnorm", {"max_iters": 2.5}, "max_iters"),
+        ("tv", {"weight": 0.0}, "weight"),
+        ("tv", {"weight": float("inf")}, "weight"),
+        ("tv", {"tol": -1e-4}, "tol"),
+        ("tv", {"max_iters": 0}, "max_iters"),
     ],
 )
 def test_bad_parameters(method, kwargs, match):
@@ -125,7 +129,7 @@ def test_output_dtype_follows_input(method):
         assert get_method(method).estimate(a, mask).dtype == dtype
 
 
-@pytest.mark.parametrize("method", ["softimpute", "nucnorm"])
+@pytest.mark.parametrize("method", ["softimpute", "nucnorm", "tv"])
 def test_iterative_estimators_carry_no_gradient(method):
     a, mask = sample()
     a.requires_grad_(True)

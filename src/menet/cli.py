@@ -18,20 +18,65 @@ from menet.config import ConfigError
 from menet.data import DatasetError
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from menet.demo import format_summary, run_demo
+def _progress(quiet: bool):
+    return lambda items, desc, total=None: tqdm(items, desc=desc, total=total, disable=quiet, leave=False)
 
-    torch.manual_seed(args.seed)
-    rows, stats = run_demo(
-        args.out,
-        data_dir=args.data_dir,
-        n_images=args.images,
-        seed=args.seed,
-        progress=lambda items, desc: tqdm(items, desc=desc, disable=args.quiet),
-    )
-    print(format_summary(rows, stats, "fashion-mnist", args.images))
-    out = Path(args.out)
-    print(f"wrote {out / 'reconstructions.png'}, {out / 'approx_rank.png'}, {out / 'summary.md'}")
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import time
+
+    from menet.demo import main_table, run_demo
+
+    started = time.perf_counter()
+    report = run_demo(args.out, data_dir=args.data_dir, device=args.device, say=_say(args.quiet),
+                      progress=_progress(args.quiet), scale=args.scale)
+    print(main_table(report))
+    print(f"\nwrote {report} (with its figures) in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+def _say(quiet: bool):
+    def say(line: str) -> None:
+        if not quiet:
+            print(line, flush=True)
+
+    return say
+
+
+def _data_dirs(items: list[str] | None) -> dict[str, str] | str | None:
+    """--data-dir DIR (every dataset) or --data-dir NAME=DIR (repeatable)."""
+    if not items:
+        return None
+    if len(items) == 1 and "=" not in items[0]:
+        return items[0]
+    dirs = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--data-dir {item!r}: with several, each must look like NAME=DIR")
+        name, directory = item.split("=", 1)
+        dirs[name] = directory
+    return dirs
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from menet.reproduce import load_paper_recipe, reproduce
+
+    recipe = load_paper_recipe(args.recipe)
+    runs = Path(args.runs) / f"paper-{args.scale}"
+    report = reproduce(recipe, runs, scale=args.scale, data_dirs=_data_dirs(args.data_dir), device=args.device,
+                       say=_say(args.quiet), progress=_progress(args.quiet))
+    print(f"wrote {report}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from menet.report import write_report
+    from menet.runs import read_config
+
+    for run in args.run_dirs:
+        read_config(run)  # one clear line for a folder that is not a run, before writing anything
+    report = write_report(args.out, run_dirs=args.run_dirs)
+    print(f"wrote {report}")
     return 0
 
 
@@ -147,7 +192,7 @@ def _cmd_attack(args: argparse.Namespace) -> int:
         raise ValueError("give a run directory and at least one --attack (menet attack --list lists them)")
     from menet.data import load_dataset
     from menet.evaluation import ResultStore, environment, evaluate
-    from menet.runs import EVAL_DIR, load_model, read_config
+    from menet.runs import EVAL_DIR, evaluation_inputs, load_model, read_config
     from menet.training import setup_distributed
 
     run = Path(args.run_dir)
@@ -180,8 +225,10 @@ def _cmd_attack(args: argparse.Namespace) -> int:
     model.to(place.device)
     if source is not None:
         source.to(place.device)
+    inputs = evaluation_inputs(run, dataset=config.dataset, offset=args.offset, gradient=args.gradient,
+                               transfer_from=args.transfer_from)
     result = evaluate(model, images, labels, attacks, draws=args.draws, seed=args.seed, batch_size=args.batch_size,
-                      cascade=args.cascade, device=place.device, store=store, rank=place.rank, world=place.world,
+                      cascade=args.cascade, device=place.device, store=store, inputs=inputs, rank=place.rank, world=place.world,
                       progress=lambda items, desc, total: tqdm(items, desc=desc, total=total, disable=args.quiet or place.rank != 0))
     if place.rank == 0:
         from menet.evaluation import format_table
@@ -222,8 +269,8 @@ main fields (defaults), set with --set KEY=VALUE (dotted for defense.* and attac
 
 examples:
   menet train --set dataset=fashion-mnist --set mode=menet --set defense.method=usvt --set epochs=5
-  menet train recipes/cifar10-menet.yaml --set data_dir=/data/cifar
-  menet train recipes/cifar10-menet.yaml --resume"""
+  menet train recipes/train/cifar10-menet.yaml --set data_dir=/data/cifar
+  menet train recipes/train/cifar10-menet.yaml --resume"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -233,14 +280,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log library messages")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="ME reconstructions and image ranks on Fashion-MNIST")
+    demo = sub.add_parser("demo", help="train, attack and report ME-Net on the built-in Fashion-MNIST (minutes)")
     demo.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     demo.add_argument("--data-dir", default=None, help="directory of the IDX files "
                       "(default: $MENET_DATA_DIR, else /usr/share/datasets/fashion-mnist)")
-    demo.add_argument("--images", type=int, default=256, help="test images in the error table")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA if available)")
+    demo.add_argument("--scale", choices=["full", "small", "tiny"], default="full",
+                      help="full: the demo (default); small / tiny: shrunk further, for a quick look or tests")
+    demo.add_argument("--quiet", action="store_true", help="no progress lines or bars")
     demo.set_defaults(func=_cmd_demo)
+
+    reproduce = sub.add_parser("reproduce", help="a paper table or figure from its recipe: train, attack, report",
+                               description="Train the recipe's missing runs, run its missing evaluations (both "
+                               "resume), and write the report under RUNS/paper-SCALE/reports/RECIPE/.")
+    reproduce.add_argument("recipe", help="a paper recipe, e.g. recipes/table1.yaml")
+    reproduce.add_argument("--scale", choices=["full", "small", "tiny"], default="full",
+                           help="full: the paper's settings; small: minutes on a 2-core CPU; tiny: tests")
+    reproduce.add_argument("--runs", default="runs", help="directory holding the runs (default: runs)")
+    reproduce.add_argument("--data-dir", action="append", metavar="DIR|NAME=DIR",
+                           help="where the datasets' files are (one for all, or NAME=DIR per dataset)")
+    reproduce.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA if available)")
+    reproduce.add_argument("--quiet", action="store_true", help="no progress lines or bars")
+    reproduce.set_defaults(func=_cmd_reproduce)
+
+    report = sub.add_parser("report", help="a report (tables, sanity checks, figures) of trained and attacked runs")
+    report.add_argument("run_dirs", nargs="+", help="run folders")
+    report.add_argument("--out", default="runs/report", help="output directory (default: runs/report)")
+    report.set_defaults(func=_cmd_report)
 
     data = sub.add_parser("data", help="datasets: where menet looks and what it finds")
     data_sub = data.add_subparsers(dest="data_command", required=True)
@@ -252,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model: vanilla, menet, menet-adv or madry",
                            description="Train a model into RUNS/NAME/ (config.yaml, model.pt, last.pt, history).",
                            epilog=_train_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    train.add_argument("recipe", nargs="?", help="YAML recipe (see recipes/); optional: every field has a default "
+    train.add_argument("recipe", nargs="?", help="YAML training config (see recipes/train/); optional: every field has a default "
                        "and can be set with --set")
     train.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override a config field, e.g. --set epochs=5 --set defense.method=usvt")

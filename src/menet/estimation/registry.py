@@ -20,6 +20,7 @@ from torch import Tensor
 
 from menet.estimation.nuclear_norm import nuclear_norm
 from menet.estimation.soft_impute import soft_impute
+from menet.estimation.tv import tv_minimization
 from menet.estimation.usvt import usvt, usvt_rule
 
 
@@ -92,6 +93,7 @@ METHODS: dict[str, Method] = {
                differentiable=True, defense_defaults=_usvt_defaults, describe=usvt_rule),
         Method("softimpute", soft_impute, "Soft-Impute (Mazumder et al., 2010), fancyimpute's defaults"),
         Method("nucnorm", nuclear_norm, "nuclear-norm minimisation (Candes and Recht, 2009), FISTA"),
+        Method("tv", tv_minimization, "total-variation minimisation (Guo et al., 2018), Table 3's baseline"),
     )
 }
 
