@@ -18,7 +18,7 @@ def test_demo_trains_attacks_and_reports(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| vanilla LeNet |" in printed and "| ME-Net LeNet" in printed and "report.md" in printed
     report = (out / "report.md").read_text()
-    for needed in ("transfer FGSM", "white-box PGD-40 (BPDA)", "BPDA + EOT-5", "Sanity checks", "ranks-fashion-mnist.png",
+    for needed in ("transfer FGSM", "white-box PGD-40 (BPDA)", "BPDA + EOT-4", "Sanity checks", "ranks-fashion-mnist.png",
                    "reconstructions-fashion-mnist.png"):
         assert needed in report, needed
     for name in ("ranks-fashion-mnist.png", "reconstructions-fashion-mnist.png"):
