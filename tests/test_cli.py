@@ -174,3 +174,28 @@ def test_attack_command_shards_over_torchrun_processes(tmp_path):
     assert one == two  # the same outcomes, example by example: randomness is keyed by batch, not rank
     assert sorted(p.name for p in (run / "eval").iterdir()) == ["one.json", "one.md", "two.json", "two.md"]
     assert double.stdout.count("| worst case |") == 1  # only rank 0 prints
+
+
+def test_report_command_reads_the_result_files(tmp_path, capsys):
+    run, _ = _tiny_runs(tmp_path)
+    assert main(["attack", str(run), "--attack", "pgd", "--steps", "2", "--n", "16", "--batch-size", "8",
+                 "--draws", "2", "--tag", "white", "--quiet"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "report"
+    assert main(["report", str(run), "--out", str(out)]) == 0
+    assert str(out / "report.md") in capsys.readouterr().out
+    text = (out / "report.md").read_text()
+    result_file = run / "eval" / "white.json"
+    result = json.loads(result_file.read_text())
+    robust = result["summary"]["pgd"]["robust_all_draws"]
+    assert "## menet" in text and "### white" in text and f"{100 * robust:.1f}%" in text
+    # The report is read from the result file: change the file, the report changes.
+    result["summary"]["pgd"]["robust_all_draws"] = 0.123456
+    result_file.write_text(json.dumps(result))
+    assert main(["report", str(run), "--out", str(out)]) == 0
+    assert "12.3%" in (out / "report.md").read_text()
+    # A folder that is not a run: one line, and no report written.
+    assert main(["report", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r2")]) == 2
+    err = capsys.readouterr().err
+    assert "not a menet run directory" in err and err.count("\n") == 1
+    assert not (tmp_path / "r2").exists()

@@ -134,3 +134,9 @@ def test_sanity_checks_pass_and_fail_as_they_should():
     assert check.verdict == "FAIL"
     steps = _result({f"s{s}": {**pgd, "eps": 0.1, "steps": s} for s in (10, 100, 1000)}, {"s10": 0.5, "s100": 0.3, "s1000": 0.29})
     assert next(c for c in sanity_checks("r", {"a": steps}) if c.name.startswith("accuracy converges")).verdict == "pass"
+    # Still falling by 5 points on the same 300 examples between the last two step counts: not converged.
+    falling_steps = _result({f"s{s}": {**pgd, "eps": 0.1, "steps": s} for s in (10, 20, 40)},
+                            {"s10": 0.41, "s20": 0.30, "s40": 0.25})
+    falling_steps["settings"]["n"] = 300
+    assert next(c for c in sanity_checks("r", {"a": falling_steps})
+                if c.name.startswith("accuracy converges")).verdict == "FAIL"

@@ -25,12 +25,16 @@ def _progress(quiet: bool):
 def _cmd_demo(args: argparse.Namespace) -> int:
     import time
 
-    from menet.demo import main_table, run_demo
+    from menet.demo import failed_checks, main_table, run_demo
 
     started = time.perf_counter()
     report = run_demo(args.out, data_dir=args.data_dir, device=args.device, say=_say(args.quiet),
                       progress=_progress(args.quiet), scale=args.scale)
     print(main_table(report))
+    failed = failed_checks(report)
+    if failed:
+        print(f"\n{len(failed)} sanity check(s) of Carlini et al. (2019) failed (robust accuracy is an upper bound; these say it may be loose):")
+        print("\n".join(failed))
     print(f"\nwrote {report} (with its figures) in {time.perf_counter() - started:.0f} s")
     return 0
 

@@ -39,3 +39,8 @@ def main_table(report: Path) -> str:
     start = next(i for i, line in enumerate(lines) if line.startswith("### "))
     end = next((i for i in range(start + 2, len(lines)) if not lines[i].startswith("|")), len(lines))
     return "\n".join(lines[start:end])
+
+
+def failed_checks(report: Path) -> list[str]:
+    """The report's sanity-check rows that failed (printed after the table, so none goes unseen)."""
+    return [line for line in report.read_text().splitlines() if line.startswith("|") and "**FAIL**" in line]

@@ -49,6 +49,17 @@ def _noise(a: dict[str, Any], b: dict[str, Any]) -> float:
     return max(TOLERANCE, 2 * math.sqrt(variance))
 
 
+def _still_falling(more: dict[str, Any], fewer: dict[str, Any]) -> bool:
+    """Whether accuracy still drops from ``fewer`` to ``more`` attack steps beyond noise. Both run
+    on the same examples, so the difference is paired: an example the shorter attack broke stays
+    broken, and the noise of the drop d over n examples is about 2 sqrt(d / n) (McNemar)."""
+    import math
+
+    drop = fewer["accuracy"] - more["accuracy"]
+    n = max(min(more["n"], fewer["n"]), 1)
+    return drop > max(TOLERANCE, 2 * math.sqrt(max(drop, 0.0) / n))
+
+
 def _pct(value: float | None) -> str:
     return "n/a" if value is None or value != value else f"{100 * value:.1f}%"
 
@@ -114,7 +125,7 @@ def sanity_checks(run: str, results: Mapping[str, dict[str, Any]]) -> list[Check
     for sweep in steps_sweeps:
         points = ", ".join(f"{r['steps']}: {_pct(r['accuracy'])}" for r in sweep)
         last, before = sweep[-1], sweep[-2]
-        converged = abs(last["accuracy"] - before["accuracy"]) <= _noise(last, before)
+        converged = not _still_falling(last, before)
         rising = any(b["accuracy"] > a["accuracy"] + _noise(a, b) for a, b in zip(sweep, sweep[1:]))
         checks.append(Check(run, f"accuracy converges in the steps (eps {sweep[0]['eps']:.3g})",
                             "pass" if converged and not rising else "FAIL", points))
