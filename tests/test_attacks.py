@@ -147,3 +147,14 @@ def test_restarts_keep_earlier_successes_without_best_iterate(fashion_nets, data
     one = PGD(**settings)(net, x, y, generator=torch.Generator().manual_seed(3))
     five = PGD(**settings, restarts=5)(net, x, y, generator=torch.Generator().manual_seed(3))
     assert accuracy(net, five, y) < accuracy(net, one, y)  # later restarts never undo an earlier success
+
+
+def test_best_iterate_on_a_randomised_model_is_ranked_by_loss_alone():
+    """One pass's misclassification of a randomised model is one mask draw's luck: it must not pin
+    a weak (low-loss) iterate over a stronger one; deterministic models rank fooled first."""
+    from menet.attacks.pgd import _better
+
+    loss, fooled = torch.tensor([2.0, 0.5]), torch.tensor([False, False])
+    best_loss, best_fooled = torch.tensor([1.0, 1.0]), torch.tensor([True, False])
+    assert _better(loss, fooled, best_loss, best_fooled).tolist() == [False, False]
+    assert _better(loss, fooled, best_loss, best_fooled, by_loss=True).tolist() == [True, False]

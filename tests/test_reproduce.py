@@ -29,12 +29,21 @@ def test_recipe_loads_and_scales(path):
     assert recipe.tables or recipe.figures
     for scale in ("small", "tiny"):
         small = scaled(recipe, scale)
-        for config in small.runs.values():
-            assert config.epochs <= 2 and config.train_limit <= 2000
-        for spec in small.evaluations:
-            assert spec.images <= 200
+        for name, config in small.runs.items():
+            assert config.epochs <= 2 and config.train_limit <= 1000
+            if config.defended:  # fewer training masks, same deployed defense
+                assert config.defense.inference_p() == pytest.approx(recipe.runs[name].defense.inference_p(), abs=1e-6)
+            assert config.model in ("lenet", "wide_resnet")  # no ResNet-18 / DenseNet-121 on a 2-core CPU
+        for spec, full in zip(small.evaluations, recipe.evaluations):
+            assert spec.images <= 100
             for settings in spec.attacks.values():
                 assert settings.get("steps", 0) <= 20 and settings.get("eot", 1) <= 4
+            # Attacks made identical by the caps run once; every name of the recipe stays reachable.
+            assert set(spec.attacks) | set(spec.aliases) == set(full.attacks)
+            assert all(kept in spec.attacks for kept in spec.aliases.values())
+    if path.stem == "fig6":
+        steps = next(spec for spec in scaled(recipe, "small").evaluations if spec.tag == "steps-mnist")
+        assert sorted(steps.attacks) == ["pgd10", "pgd20"] and steps.aliases["pgd1000"] == "pgd20"
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +135,17 @@ def test_sanity_checks_pass_and_fail_as_they_should():
     assert verdicts["accuracy falls to 0 as eps grows"] == "pass"
     failed = [c for c in sanity_checks("r", {"a": plateau}) if c.verdict == "FAIL"]
     assert failed and "**FAIL**" in failed[0].line()  # a plateau at eps 0.3 flags gradient masking
+    # A plateau below eps 0.3 (eps doubles, accuracy hardly moves) is flagged too; a slope that
+    # has not reached 0 yet without a large eps is inconclusive, not a pass.
+    low_plateau = _result({f"e{e}": {**pgd, "eps": e} for e in (2 / 255, 8 / 255, 16 / 255)},
+                          {f"e{2 / 255}": 0.5, f"e{8 / 255}": 0.495, f"e{16 / 255}": 0.49})
+    assert [c.verdict for c in sanity_checks("r", {"a": low_plateau}) if c.name.startswith("accuracy falls")] == ["FAIL"]
+    slope = _result({f"e{e}": {**pgd, "eps": e} for e in (0.1, 0.2, 0.3)}, {"e0.1": 0.98, "e0.2": 0.9, "e0.3": 0.8})
+    assert [c.verdict for c in sanity_checks("r", {"a": slope}) if c.name.startswith("accuracy falls")] == ["inconclusive"]
+    # EOT is compared with the strongest plain BPDA at the same eps, steps and draws.
+    several = _result({"ce": {**pgd, "eps": 0.1}, "cw": {**pgd, "eps": 0.1, "loss": "cw"}, "eot": {**pgd, "eps": 0.1, "eot": 4}},
+                      {"ce": 0.2, "cw": 0.5, "eot": 0.35})
+    assert next(c for c in sanity_checks("r", {"a": several}) if c.name == "EOT at most BPDA").verdict == "FAIL"
     eot_worse = _result({"bpda": {**pgd, "eps": 0.1}, "eot": {**pgd, "eps": 0.1, "eot": 10}}, {"bpda": 0.2, "eot": 0.3})
     assert next(c for c in sanity_checks("r", {"a": eot_worse}) if c.name == "EOT at most BPDA").verdict == "FAIL"
     transfer_better = _result({"wb": {**pgd, "eps": 0.1}, "tr": {"attack": "transfer", "of": {**pgd, "eps": 0.1}}},
@@ -140,3 +160,116 @@ def test_sanity_checks_pass_and_fail_as_they_should():
     falling_steps["settings"]["n"] = 300
     assert next(c for c in sanity_checks("r", {"a": falling_steps})
                 if c.name.startswith("accuracy converges")).verdict == "FAIL"
+
+
+_RECIPE = """\
+runs: {a: {mode: vanilla}, b: {mode: vanilla, seed: 1}}
+evaluations: {e: {runs: [a], attacks: {pgd: {attack: pgd, steps: 2}}}}
+"""
+_TABLE = "tables: [{title: t, columns: [x, y], rows: [{label: r, %s}]}]\n"
+_GOOD_TABLE = _TABLE % "cells: [a/e/pgd, a/e/clean], paper: [1, 2.5], adaptive: [a/e/pgd, null]"
+_FIGURE = "figures: [%s]\n"
+_GOOD_FIGURE = _FIGURE % "{kind: tsne, models: {A: a}, source: b, attack: {attack: pgd, steps: 2, eps: 8/255}}"
+
+
+@pytest.mark.parametrize("text, match", [
+    ("evaluations: {e: {runs: [a], attacks: {pgd: {attack: pgd, stepz: 3}}}}", "stepz"),
+    ("evaluations: {e: {runs: [a], attacks: {pgd: {attack: pgd, steps: -1}}}}", "steps must be >= 0"),
+    ("evaluations: {e: {runs: [a], attacks: {pgd: {attack: pgd, eot: 0}}}}", "eot must be an integer >= 1"),
+    ("evaluations: {e: {runs: [a], attacks: {s: {attack: spsa, eot: 4}}}}", "eot averages gradients"),
+    ("evaluations: {e: {runs: [a], attacks: {s: {attack: boundary, eot: 1}}}}", "eot averages gradients"),
+    ("evaluations: {e: {runs: [a], attacks: {s: {attack: spsa, samples: 3}}}}", "samples must be even"),
+    ("evaluations: {e: {runs: [a], draws: '3', attacks: {}}}", "draws must be an integer >= 1"),
+    ("evaluations: {e: {runs: [a], draws: 0}}", "draws must be an integer >= 1"),
+    ("evaluations: {e: {runs: [a], images: 0}}", "images must be an integer >= 1"),
+    ("evaluations: {e: {runs: [a], gradient: bdpa}}", "gradient must be one of"),
+    ("evaluations: {e: {runs: a}}", "runs must be a non-empty list"),
+    (_TABLE % "cells: [a/e/pgd]", "cells must list one entry"),
+    (_TABLE % "paper: [1, 2, 3]", "paper must list one entry"),
+    (_TABLE % "adaptive: [a/e/pgd]", "adaptive must list one entry"),
+    (_TABLE % "paper: [1, n/a]", "paper values must be numbers"),
+    (_TABLE % "cells: [b/e/pgd, null]", "cell 'b/e/pgd'"),  # b is not among the runs of e
+    (_TABLE % "cels: [a/e/pgd, null]", "unknown key"),
+    (_FIGURE % "{kind: tsne, models: {A: a}, source: b}", "missing attack"),
+    (_FIGURE % "{kind: distances, models: {A: a}, source: b}", "missing attack"),
+    (_FIGURE % "{kind: ranks}", "missing datasets"),
+    (_FIGURE % "{kind: ranks, datasets: [mnist, cifar11]}", "unknown dataset 'cifar11'"),
+    (_FIGURE % "{kind: tsne, models: {A: a}, source: b, attack: {attack: pgd, stepz: 7}}", "stepz"),
+    (_FIGURE % "{kind: tsne, models: {A: a}, source: b, attack: {attack: pgd, steps: -1}}", "steps must be >= 0"),
+    (_FIGURE % "{kind: tsne, models: {A: a}, source: b, attack: {steps: 7}}", "attack must be a mapping naming"),
+    (_FIGURE % "{kind: tsne, models: {A: a}, source: b, attack: {attack: pgd}, images: 0}", "images must be"),
+    (_FIGURE % "{kind: steps, panels: {P: {A: b/e}}}", "'b/e' names no run/evaluation"),
+])
+def test_bad_recipe_settings_fail_at_load_time(tmp_path, text, match):
+    """Settings that used to fail only when attacking or reporting, after all the training."""
+    good = tmp_path / "good.yaml"
+    good.write_text(_RECIPE + _GOOD_TABLE + _GOOD_FIGURE)
+    load_paper_recipe(good)  # the base is valid
+    bad = tmp_path / "bad.yaml"
+    key = text.split(":", 1)[0]
+    sections = {"evaluations": _RECIPE.splitlines()[1] + "\n", "tables": _GOOD_TABLE, "figures": _GOOD_FIGURE}
+    sections[key] = text + ("\n" if not text.endswith("\n") else "")
+    bad.write_text(_RECIPE.splitlines()[0] + "\n" + "".join(sections.values()))
+    with pytest.raises(RecipeError, match=match) as err:
+        load_paper_recipe(bad)
+    message = str(err.value)
+    assert message.startswith(f"{bad}: ") and "\n" not in message, message
+
+
+def test_figures_read_test_data_from_the_runs_data_dir(tiny_runs, tmp_path, monkeypatch):
+    """Without --data-dir, a figure loads the test set from the data_dir its runs were trained with."""
+    root, _ = tiny_runs
+    monkeypatch.delenv("MENET_DATA_DIR", raising=False)
+    for name, png in (("fig5", "distances.png"), ("fig4", "tsne.png")):
+        recipe = scaled(load_paper_recipe(next(p for p in RECIPES if p.stem == name)), "tiny")
+        text = write_report(tmp_path / name, recipe=recipe, runs_root=root, scale="tiny").read_text()
+        assert "not drawn" not in text and (tmp_path / name / png).is_file(), text
+
+
+def _fake_run(run_dir: Path, **fields) -> None:
+    """A run folder holding only its config.yaml (enough for reports and figures' data)."""
+    from menet.config import config_from_dict
+    from menet.runs import write_config
+
+    run_dir.mkdir(parents=True)
+    write_config(run_dir, config_from_dict({"name": run_dir.name, **fields}))
+
+
+def test_report_keeps_runs_whose_folders_share_a_name(tmp_path):
+    _fake_run(tmp_path / "a" / "net", mode="madry")
+    _fake_run(tmp_path / "b" / "net", mode="vanilla")
+    text = write_report(tmp_path / "report", run_dirs=[tmp_path / "a" / "net", tmp_path / "b" / "net"]).read_text()
+    first, second = text.split("## a/net", 1)[1].split("## b/net", 1)
+    assert first.strip().startswith("madry") and second.strip().startswith("vanilla")
+    text = write_report(tmp_path / "report", run_dirs=[tmp_path / "a" / "net"]).read_text()
+    assert "## net" in text  # a folder name alone where it is unique
+
+
+def test_rank_figure_reads_test_data_from_the_recipe_runs_data_dir(data_dirs, tmp_path, monkeypatch):
+    from menet.report_figures import recipe_figures
+    from menet.reproduce import Recipe
+    from menet.runs import read_config
+
+    monkeypatch.delenv("MENET_DATA_DIR", raising=False)
+    _fake_run(tmp_path / "runs" / "net", dataset="mnist", data_dir=data_dirs["mnist"])
+    recipe = Recipe("r", "r", {"net": read_config(tmp_path / "runs" / "net")}, (), (),
+                    ({"kind": "ranks", "datasets": ["mnist"], "verify": False},))
+    lines = recipe_figures(recipe, tmp_path / "runs", tmp_path, say=lambda _: None)
+    assert "![approximate ranks, mnist](ranks-mnist.png)" in lines, lines
+    assert (tmp_path / "ranks-mnist.png").is_file()
+
+
+def test_steps_figure_reads_only_the_recipes_own_results(tmp_path):
+    from menet.evaluation import RESULT_FORMAT
+    from menet.report_figures import steps_figure
+
+    result = {"format": RESULT_FORMAT,
+              "settings": {"attacks": {f"pgd{s}": {"attack": "pgd", "steps": s} for s in (10, 20)}},
+              "summary": {"pgd10": {"robust_all_draws": 0.5}, "pgd20": {"robust_all_draws": 0.4}}}
+    path = tmp_path / "net" / "eval" / "steps.json"  # e.g. `menet attack --tag steps`: not the recipe's file
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(result))
+    figure = {"kind": "steps", "panels": {"P": {"net": "net/steps"}}}
+    assert steps_figure(figure, "fig6", tmp_path, tmp_path) == ["(no results for this figure yet)", ""]
+    path.rename(path.with_name("fig6-steps.json"))  # the recipe's own result file RECIPE-TAG
+    assert steps_figure(figure, "fig6", tmp_path, tmp_path)[0].startswith("![")

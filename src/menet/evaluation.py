@@ -298,6 +298,10 @@ def _result(settings: dict[str, Any], names: list[str], batches: Mapping[int, Ba
 
 # --- files -------------------------------------------------------------------------------
 
+class SettingsChanged(ValueError):
+    """A result (finished or not) under the tag was made with other settings or inputs (weights)."""
+
+
 class ResultStore:
     """Where an evaluation keeps its finished batches and writes its result.
 
@@ -343,13 +347,13 @@ class ResultStore:
             if self.resume and self.json_path.exists() and not self.partial.exists():
                 saved = json.loads(self.json_path.read_text()).get("settings")
                 if saved != json.loads(json.dumps(settings)):
-                    raise ValueError(f"{self.json_path} was made with other settings: use another --tag or --overwrite")
+                    raise SettingsChanged(f"{self.json_path} was made with other settings: use another --tag or --overwrite")
             self.partial.mkdir(parents=True, exist_ok=True)
             if settings_path.exists():
                 saved = json.loads(settings_path.read_text())
                 if saved != json.loads(json.dumps(settings)):
                     changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != json.loads(json.dumps(settings)).get(k))
-                    raise ValueError(f"the unfinished evaluation under tag {self.tag!r} used other settings ({', '.join(changed)}): "
+                    raise SettingsChanged(f"the unfinished evaluation under tag {self.tag!r} used other settings ({', '.join(changed)}): "
                                      "resume it with the same settings, or use --overwrite or another --tag")
             else:
                 write_text_atomic(settings_path, json.dumps(settings, sort_keys=True))
@@ -444,4 +448,4 @@ def read_result(path: str | Path) -> dict[str, Any]:
     return data
 
 
-__all__ = ["ResultStore", "environment", "evaluate", "format_table", "read_result", "summarise"]
+__all__ = ["ResultStore", "SettingsChanged", "environment", "evaluate", "format_table", "read_result", "summarise"]

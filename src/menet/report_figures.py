@@ -8,7 +8,7 @@ paper) with a seeded attack, so the figure repeats exactly.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +19,39 @@ FIG_PS = (0.2, 0.4, 0.6, 0.8, 1.0)
 FIG_METHODS = ("usvt", "softimpute", "nucnorm")
 
 
-def _load_test(dataset: str, data_dirs: Any, limit: int | None, verify: bool = True):
+def _load_test(dataset: str, data_dirs: Any, limit: int | None, verify: bool = True, run_dirs: Iterable[Path] = ()):
+    """The test split: from ``data_dirs`` (--data-dir), else from the data_dir of the first of
+    ``run_dirs`` (runs of the figure) trained on ``dataset``, else from the default location."""
     from menet.data import load_dataset
     from menet.reproduce import data_dir_for
 
-    test = load_dataset(dataset, "test", data_dir_for(dataset, data_dirs), verify=verify)
+    data_dir = data_dir_for(dataset, data_dirs) or _run_data_dir(dataset, run_dirs)
+    test = load_dataset(dataset, "test", data_dir, verify=verify)
     return test.images[:limit], test.labels[:limit]
 
 
-def rank_figure(dataset: str, out: Path, data_dirs: Any = None, limit: int | None = 10000, verify: bool = True) -> list[str]:
+def _run_data_dir(dataset: str, run_dirs: Iterable[Path]) -> str | None:
+    """The data_dir of the first run of ``run_dirs`` trained on ``dataset`` that names one."""
+    from menet.checkpoint import CheckpointError
+    from menet.runs import read_config
+
+    for run_dir in run_dirs:
+        try:
+            config = read_config(run_dir)
+        except CheckpointError:  # not trained (yet): no config to read
+            continue
+        if config.dataset == dataset and config.data_dir:
+            return str(config.data_dir)
+    return None
+
+
+def rank_figure(dataset: str, out: Path, data_dirs: Any = None, limit: int | None = 10000, verify: bool = True, *,
+                run_dirs: Iterable[Path] = ()) -> list[str]:
     """Paper Fig. 1 for one dataset: histogram and CDF of approximate ranks of test images."""
     from menet.analysis import approx_rank
     from menet.figures.demo import plot_rank_distribution
 
-    images, _ = _load_test(dataset, data_dirs, limit, verify)
+    images, _ = _load_test(dataset, data_dirs, limit, verify, run_dirs)
     ranks = approx_rank(images.to(torch.float32) / 255.0)
     name = f"ranks-{dataset}.png"
     plot_rank_distribution(ranks.numpy(), images.shape[-2], f"{dataset}: approximate rank of {len(ranks)} test images", out / name)
@@ -43,13 +62,14 @@ def rank_figure(dataset: str, out: Path, data_dirs: Any = None, limit: int | Non
 
 
 def reconstruction_figure(dataset: str, out: Path, data_dirs: Any = None, *, seed: int = 0, n_examples: int = 3, verify: bool = True,
-                          ps: tuple[float, ...] = FIG_PS, methods: tuple[str, ...] = FIG_METHODS) -> list[str]:
+                          ps: tuple[float, ...] = FIG_PS, methods: tuple[str, ...] = FIG_METHODS,
+                          run_dirs: Iterable[Path] = ()) -> list[str]:
     """Paper Fig. 2: test images masked at each p and reconstructed by each method."""
     from menet.defense import MatrixEstimation
     from menet.estimation.layout import matrices_to_images
     from menet.figures.demo import plot_reconstruction_grid
 
-    images, _ = _load_test(dataset, data_dirs, n_examples, verify)
+    images, _ = _load_test(dataset, data_dirs, n_examples, verify, run_dirs)
     examples = images.to(torch.float32) / 255.0
     generator = torch.Generator().manual_seed(seed)
     masked = torch.empty((n_examples, len(ps), *examples.shape[1:]))
@@ -77,7 +97,8 @@ def feature_sets(figure: Mapping[str, Any], recipe: Any, root: Path, data_dirs: 
 
     models = dict(figure["models"])  # label -> run
     first = recipe.runs[next(iter(models.values()))]
-    images, labels = _load_test(first.dataset, data_dirs, int(figure.get("images", 1000)), first.verify_checksums)
+    images, labels = _load_test(first.dataset, data_dirs, int(figure.get("images", 1000)), first.verify_checksums,
+                                [root / run for run in [*models.values(), figure["source"]]])
     dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     x = (images.to(torch.float32) / 255.0).to(dev)
     y = labels.to(dev)
@@ -110,8 +131,8 @@ def steps_figure(figure: Mapping[str, Any], recipe_name: str, root: Path, out: P
         panels[panel] = {}
         for label, where in series.items():
             run, tag = where.split("/")
-            results = run_results(root / run)
-            result = results.get(f"{recipe_name}-{tag}") or results.get(tag)
+            # Only the recipe's own result file RECIPE-TAG: a `menet attack --tag TAG` one may have other settings.
+            result = run_results(root / run).get(f"{recipe_name}-{tag}")
             if result is None:
                 continue
             points = []
@@ -153,11 +174,12 @@ def _figure(figure: Mapping[str, Any], recipe: Any, root: Path, out: Path, featu
     if kind == "ranks":
         lines += ["### Approximate rank of the images (paper Fig. 1)", ""]
         for dataset in figure["datasets"]:
-            lines += rank_figure(dataset, out, data_dirs, figure.get("images", 10000), bool(figure.get("verify", True)))
+            lines += rank_figure(dataset, out, data_dirs, figure.get("images", 10000), bool(figure.get("verify", True)),
+                                 run_dirs=[root / name for name in recipe.runs])
     elif kind == "reconstructions":
         lines += ["### Masked and reconstructed images (paper Fig. 2)", ""]
         lines += reconstruction_figure(figure["dataset"], out, data_dirs, seed=int(figure.get("seed", 0)),
-                                       verify=bool(figure.get("verify", True)))
+                                       verify=bool(figure.get("verify", True)), run_dirs=[root / name for name in recipe.runs])
     elif kind in ("tsne", "distances"):
         key = repr((sorted(figure["models"].items()), figure["source"], figure["attack"], figure.get("images")))
         if key not in features_cache:

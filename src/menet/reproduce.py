@@ -14,8 +14,10 @@ A recipe (YAML, see recipes/table1.yaml) has:
 - ``figures``: ``{kind: ranks | reconstructions | tsne | distances | steps, ...}``.
 
 ``reproduce(recipe, scale)`` trains what is missing, attacks what is missing (both resume),
-then writes the report. ``small`` shrinks data, epochs, attack steps and the wide ResNets so
-that a recipe runs on a 2-core CPU in minutes; ``tiny`` (tests) also trains LeNets only.
+then writes the report. ``small`` shrinks data, epochs, attack steps and the networks (small
+wide ResNets stand in for ResNet-18, DenseNet-121 and WRN-28/34-10) so that a recipe runs on a
+2-core CPU in minutes; attacks that the caps make identical run once (``aliases``). ``tiny``
+(tests) also trains LeNets only.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -37,20 +40,23 @@ FIGURE_KINDS = ("ranks", "reconstructions", "tsne", "distances", "steps")
 
 # Training at each scale: caps (the smaller of the recipe's value and the cap) and settings.
 _TRAIN_CAPS = {
-    "small": {"epochs": 2, "train_limit": 2000, "test_limit": 500, "defense.n_masks": 2, "attack.steps": 3},
+    "small": {"epochs": 2, "train_limit": 1000, "test_limit": 500, "defense.n_masks": 2, "attack.steps": 3},
     "tiny": {"epochs": 1, "train_limit": 8, "test_limit": 8, "defense.n_masks": 1, "attack.steps": 1},
 }
 _TRAIN_SET = {
     "small": {"lr_milestones": [], "eval_every": 0},
     "tiny": {"lr_milestones": [], "eval_every": 0, "batch_size": 4, "verify_checksums": False},
 }
-# Models too large for a small machine: their stand-ins at the small and tiny scales.
-_SMALL_MODELS = {"wrn28_10": ("wide_resnet", {"depth": 10, "widen_factor": 2}),
+# Models too large for a 2-core CPU: their stand-ins at the small scale (WRN-10-1 for the
+# ResNet-18 and DenseNet-121 of the paper, WRN-10-2 for its wide ResNets, so the two stay apart).
+_SMALL_MODELS = {"resnet18": ("wide_resnet", {"depth": 10, "widen_factor": 1}),
+                 "densenet121": ("wide_resnet", {"depth": 10, "widen_factor": 1}),
+                 "wrn28_10": ("wide_resnet", {"depth": 10, "widen_factor": 2}),
                  "wrn34_10": ("wide_resnet", {"depth": 10, "widen_factor": 2}),
                  "wide_resnet": ("wide_resnet", {"depth": 10, "widen_factor": 2})}
 # Evaluation at each scale: caps on images, attack steps, EOT samples, SPSA samples, draws.
 _EVAL_CAPS = {
-    "small": {"images": 200, "steps": 20, "eot": 4, "samples": 256, "draws": 2, "restarts": 1, "init_attempts": 200},
+    "small": {"images": 100, "steps": 20, "eot": 4, "samples": 256, "draws": 2, "restarts": 1, "init_attempts": 200},
     "tiny": {"images": 4, "steps": 2, "eot": 2, "samples": 8, "draws": 1, "restarts": 1, "init_attempts": 10},
 }
 
@@ -72,6 +78,9 @@ class EvaluationSpec:
     seed: int = 0
     gradient: str = "bpda"
     batch_size: int = 256
+    # Attacks that a smaller scale made identical to another of the evaluation: name -> the
+    # name that is run in its place (tables read the kept one's result).
+    aliases: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,6 +164,11 @@ def load_paper_recipe(path: str | Path) -> Recipe:
     unknown = sorted(set(data) - {"title", "runs", "evaluations", "tables", "figures", "notes"})
     if unknown:
         raise RecipeError(f"{where}: unknown key(s) {', '.join(unknown)}")
+    for key, kind, example in (("runs", dict, "a mapping of run name to config"),
+                               ("evaluations", dict, "a mapping of tag to evaluation"),
+                               ("tables", list, "a list of tables"), ("figures", list, "a list of figures")):
+        if data.get(key) is not None and not isinstance(data[key], kind):
+            raise RecipeError(f"{where}: {key} must be {example}, got {type(data[key]).__name__}")
     runs: dict[str, TrainConfig] = {}
     for name, spec in (data.get("runs") or {}).items():
         try:
@@ -164,28 +178,11 @@ def load_paper_recipe(path: str | Path) -> Recipe:
             raise RecipeError(f"{where}: run {name!r}: {err}") from None
         runs[name] = config
     evaluations = tuple(_evaluation(tag, spec, runs, where) for tag, spec in (data.get("evaluations") or {}).items())
-    tables = tuple(data.get("tables") or ())
-    figures = tuple(data.get("figures") or ())
-    known_cells = {(e.tag, name) for e in evaluations for name in [*e.attacks, "clean", "worst case"]}
-    for table in tables:
-        for row in table.get("rows", []):
-            for key in ("cells", "adaptive"):
-                for cell in row.get(key) or []:
-                    if cell is None:
-                        continue
-                    parts = str(cell).split("/")
-                    if len(parts) != 3 or parts[0] not in runs or (parts[1], parts[2]) not in known_cells:
-                        raise RecipeError(f"{where}: table {table.get('title')!r}: cell {cell!r} names no run/evaluation/attack of the recipe")
-    for figure in figures:
-        if figure.get("kind") not in FIGURE_KINDS:
-            raise RecipeError(f"{where}: figure kind {figure.get('kind')!r}; valid: {', '.join(FIGURE_KINDS)}")
-        if "attack" in figure:
-            figure["attack"] = {k: _fraction(v, f"{where}: figure {figure['kind']}: {k}") if k in ("eps", "step_size") else v
-                                for k, v in figure["attack"].items()}
-        for key in ("models", "source"):
-            for run in (figure.get(key, {}).values() if key == "models" else [figure.get(key)]):
-                if run is not None and run not in runs:
-                    raise RecipeError(f"{where}: figure {figure['kind']} names run {run!r}, which the recipe does not define")
+    # A cell run/tag/attack must name a run that the evaluation tag attacks, and one of its attacks.
+    known_cells = {f"{run}/{e.tag}/{name}" for e in evaluations for run in e.runs
+                   for name in [*e.attacks, "clean", "worst case"]}
+    tables = tuple(_table(table, known_cells, where) for table in data.get("tables") or ())
+    figures = tuple(_figure(figure, runs, evaluations, where) for figure in data.get("figures") or ())
     return Recipe(path.stem, str(data.get("title", path.stem)), runs, evaluations, tables, figures, str(data.get("notes", "")))
 
 
@@ -195,28 +192,198 @@ def _evaluation(tag: str, spec: Any, runs: Mapping[str, TrainConfig], where: str
     if not isinstance(spec, dict):
         raise RecipeError(f"{where}: evaluation {tag!r} must be a mapping")
     spec = dict(spec)
-    targets = tuple(spec.pop("runs", ()))
+    targets = spec.pop("runs", None)
+    if not isinstance(targets, list) or not targets or not all(isinstance(run, str) for run in targets):
+        raise RecipeError(f"{where}: evaluation {tag!r}: runs must be a non-empty list of run names, got {targets!r}")
+    targets = tuple(targets)
     for run in [*targets, spec.get("transfer_from")]:
-        if run is not None and run not in runs:
+        if run is not None and (not isinstance(run, str) or run not in runs):
             raise RecipeError(f"{where}: evaluation {tag!r} names run {run!r}, which the recipe does not define")
     defaults = {k: _fraction(spec.pop(k), f"{where}: evaluation {tag!r}: {k}") for k in ("eps", "step_size") if k in spec}
     attacks = {}
-    for name, settings in (spec.pop("attacks", {}) or {}).items():
+    given = spec.pop("attacks", {}) or {}
+    if not isinstance(given, dict):
+        raise RecipeError(f"{where}: evaluation {tag!r}: attacks must be a mapping of name to settings, got {given!r}")
+    for name, settings in given.items():
+        if settings is not None and not isinstance(settings, dict):
+            raise RecipeError(f"{where}: evaluation {tag!r}: attack {name!r} must be a mapping of settings, got {settings!r}")
         settings = dict(settings or {})
         kind = settings.pop("attack", name)
         try:
             fields = {f.name for f in dataclasses.fields(get_attack_class(kind))}
-        except ValueError as err:
+        except (ValueError, TypeError) as err:
             raise RecipeError(f"{where}: evaluation {tag!r}: {err}") from None
         merged = {k: v for k, v in defaults.items() if k in fields}
         for key, value in settings.items():
             merged[key] = _fraction(value, f"{where}: {tag}.{name}.{key}") if key in ("eps", "step_size") else value
         attacks[name] = {"attack": kind, **merged}
+        _check_attack(attacks[name], f"{where}: evaluation {tag!r}: attack {name!r}")
     allowed = {"transfer_from", "draws", "images", "seed", "gradient", "batch_size"}
     unknown = sorted(set(spec) - allowed)
     if unknown:
         raise RecipeError(f"{where}: evaluation {tag!r}: unknown key(s) {', '.join(unknown)}")
+    for key, low in (("draws", 1), ("images", 1), ("seed", 0), ("batch_size", 1)):
+        if key in spec and not (key == "images" and spec[key] is None):
+            _check_int(spec[key], low, f"{where}: evaluation {tag!r}: {key}")
+    if "gradient" in spec:
+        from menet.defense import GRADIENTS
+
+        if spec["gradient"] not in GRADIENTS:
+            raise RecipeError(f"{where}: evaluation {tag!r}: gradient must be one of {', '.join(GRADIENTS)}, "
+                              f"got {spec['gradient']!r}")
     return EvaluationSpec(tag, targets, attacks, **spec)
+
+
+def _check_int(value: Any, low: int, where: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise RecipeError(f"{where} must be an integer >= {low}, got {value!r}")
+
+
+def _check_attack(settings: dict[str, Any], where: str) -> None:
+    """Build the attack as a run will (``build_attacks``), so that bad settings fail at load time."""
+    kind = settings["attack"]
+    try:
+        fields = _attack_fields(kind)
+    except (ValueError, TypeError) as err:
+        raise RecipeError(f"{where}: {err}") from None
+    if "eot" in settings:
+        if "eot" not in fields:
+            raise RecipeError(f"{where}: eot averages gradients, but attack {kind!r} uses none")
+        _check_int(settings["eot"], 1, f"{where}: eot")
+    try:
+        build_attacks(EvaluationSpec("check", (), {"attack": dict(settings)}), None)
+    except (ValueError, TypeError) as err:
+        raise RecipeError(f"{where}: {err}") from None
+
+
+_TABLE_KEYS = {"title", "columns", "rows", "note"}
+_ROW_KEYS = {"label", "cells", "paper", "adaptive"}
+
+
+def _table(table: Any, known_cells: set[str], where: str) -> dict[str, Any]:
+    """A table of the recipe, checked: one cell, paper number and adaptive cell per column."""
+    if not isinstance(table, dict):
+        raise RecipeError(f"{where}: each table must be a mapping with title, columns and rows, got {table!r}")
+    at = f"{where}: table {table.get('title')!r}"
+    unknown = sorted(set(table) - _TABLE_KEYS)
+    if unknown:
+        raise RecipeError(f"{at}: unknown key(s) {', '.join(map(str, unknown))}; valid: {', '.join(sorted(_TABLE_KEYS))}")
+    if "title" not in table:
+        raise RecipeError(f"{at}: title missing")
+    columns, rows = table.get("columns"), table.get("rows")
+    if not isinstance(columns, list) or not columns:
+        raise RecipeError(f"{at}: columns must be a non-empty list of column names, got {columns!r}")
+    if not isinstance(rows, list) or not rows:
+        raise RecipeError(f"{at}: rows must be a non-empty list of rows, got {rows!r}")
+    for row in rows:
+        if not isinstance(row, dict) or "label" not in row:
+            raise RecipeError(f"{at}: each row must be a mapping with a label, got {row!r}")
+        unknown = sorted(set(row) - _ROW_KEYS)
+        if unknown:
+            raise RecipeError(f"{at}: row {row['label']!r}: unknown key(s) {', '.join(map(str, unknown))}; "
+                              f"valid: {', '.join(sorted(_ROW_KEYS))}")
+        for key in ("cells", "paper", "adaptive"):
+            values = row.get(key)
+            if values is None:
+                continue
+            if not isinstance(values, list) or len(values) != len(columns):
+                raise RecipeError(f"{at}: row {row['label']!r}: {key} must list one entry (or null) for each of the "
+                                  f"{len(columns)} columns, got {values!r}")
+            for value in values:
+                if value is None:
+                    continue
+                if key == "paper":
+                    if isinstance(value, bool) or not isinstance(value, (int, float)):
+                        raise RecipeError(f"{at}: row {row['label']!r}: paper values must be numbers (percent) or null, "
+                                          f"got {value!r}")
+                elif value not in known_cells:
+                    raise RecipeError(f"{at}: row {row['label']!r}: cell {value!r} names no run/evaluation/attack of the "
+                                      "recipe (run/tag/attack, with the run among the evaluation's runs)")
+    return table
+
+
+# Per figure kind: the keys it requires and those it may have (besides kind and verify).
+_FIGURE_KEYS = {
+    "ranks": ({"datasets"}, {"images"}),
+    "reconstructions": ({"dataset"}, {"seed"}),
+    "tsne": ({"models", "source", "attack"}, {"images", "seed"}),
+    "distances": ({"models", "source", "attack"}, {"images", "seed"}),
+    "steps": ({"panels"}, {"file"}),
+}
+
+
+def _figure(figure: Any, runs: Mapping[str, TrainConfig], evaluations: tuple[EvaluationSpec, ...], where: str
+            ) -> dict[str, Any]:
+    """A figure of the recipe, checked (its attack built as the report will build it)."""
+    from menet.data import DATASETS
+
+    if not isinstance(figure, dict):
+        raise RecipeError(f"{where}: each figure must be a mapping with a kind, got {figure!r}")
+    kind = figure.get("kind")
+    if kind not in FIGURE_KINDS:
+        raise RecipeError(f"{where}: figure kind {kind!r}; valid: {', '.join(FIGURE_KINDS)}")
+    figure = copy.deepcopy(figure)
+    at = f"{where}: figure {kind}"
+    required, optional = _FIGURE_KEYS[kind]
+    missing = sorted(required - set(figure))
+    if missing:
+        raise RecipeError(f"{at}: missing {', '.join(missing)} (a {kind} figure needs {', '.join(sorted(required))})")
+    unknown = sorted(set(figure) - required - optional - {"kind", "verify"})
+    if unknown:
+        raise RecipeError(f"{at}: unknown key(s) {', '.join(map(str, unknown))}; "
+                          f"valid: {', '.join(sorted(required | optional | {'kind', 'verify'}))}")
+    if "verify" in figure and not isinstance(figure["verify"], bool):
+        raise RecipeError(f"{at}: verify must be true or false, got {figure['verify']!r}")
+    for key, low in (("images", 1), ("seed", 0)):
+        if key in figure:
+            _check_int(figure[key], low, f"{at}: {key}")
+
+    def dataset(name: Any, key: str) -> None:
+        if not isinstance(name, str) or name not in DATASETS:
+            raise RecipeError(f"{at}: {key}: unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
+
+    def run(name: Any, key: str) -> str:
+        if not isinstance(name, str) or name not in runs:
+            raise RecipeError(f"{at}: {key} names run {name!r}, which the recipe does not define")
+        return name
+
+    if kind == "ranks":
+        if not isinstance(figure["datasets"], list) or not figure["datasets"]:
+            raise RecipeError(f"{at}: datasets must be a non-empty list of dataset names, got {figure['datasets']!r}")
+        for name in figure["datasets"]:
+            dataset(name, "datasets")
+    elif kind == "reconstructions":
+        dataset(figure["dataset"], "dataset")
+    elif kind in ("tsne", "distances"):
+        models = figure["models"]
+        if not isinstance(models, dict) or not models:
+            raise RecipeError(f"{at}: models must be a non-empty mapping of label to run, got {models!r}")
+        used = [run(name, "models") for name in models.values()] + [run(figure["source"], "source")]
+        datasets = sorted({runs[name].dataset for name in used})
+        if len(datasets) > 1:
+            raise RecipeError(f"{at}: models and source must be trained on one dataset, got {', '.join(datasets)}")
+        settings = figure["attack"]
+        if not isinstance(settings, dict) or not isinstance(settings.get("attack"), str):
+            raise RecipeError(f"{at}: attack must be a mapping naming the attack, like {{attack: pgd, steps: 7}}, "
+                              f"got {settings!r}")
+        figure["attack"] = {k: _fraction(v, f"{at}: attack: {k}") if k in ("eps", "step_size") else v
+                            for k, v in settings.items()}
+        _check_attack(figure["attack"], f"{at}: attack")
+    elif kind == "steps":
+        panels = figure["panels"]
+        if not isinstance(panels, dict) or not panels:
+            raise RecipeError(f"{at}: panels must be a non-empty mapping of panel to {{label: run/tag}}, got {panels!r}")
+        attacked = {f"{name}/{e.tag}" for e in evaluations for name in e.runs}
+        for panel, series in panels.items():
+            if not isinstance(series, dict) or not series:
+                raise RecipeError(f"{at}: panel {panel!r} must be a non-empty mapping of label to run/tag, got {series!r}")
+            for label, source in series.items():
+                if source not in attacked:
+                    raise RecipeError(f"{at}: panel {panel!r}: {label!r}: {source!r} names no run/evaluation of the "
+                                      "recipe (run/tag, with the run among the evaluation's runs)")
+        if "file" in figure and (not isinstance(figure["file"], str) or not figure["file"].endswith(".png")):
+            raise RecipeError(f"{at}: file must be a PNG file name, got {figure['file']!r}")
+    return figure
 
 
 def scaled(recipe: Recipe, scale: str) -> Recipe:
@@ -228,6 +395,8 @@ def scaled(recipe: Recipe, scale: str) -> Recipe:
     runs = {}
     for name, config in recipe.runs.items():
         data = config.to_dict()
+        if config.defended and config.defense.p_infer is None:  # fewer masks must not move the deployed p
+            data["defense"]["p_infer"] = round(config.defense.inference_p(), 6)
         for key, cap in _TRAIN_CAPS[scale].items():
             section = key.split(".")[0]
             if (section == "defense" and not config.defended) or (section == "attack" and config.mode not in ("madry", "menet-adv")):
@@ -251,8 +420,18 @@ def scaled(recipe: Recipe, scale: str) -> Recipe:
             for key in ("steps", "samples", "init_attempts"):
                 if key in cls_fields and key not in settings:
                     settings[key] = min(_attack_default(settings["attack"], key), caps[key])
+        kept: dict[str, str] = {}  # settings -> the first attack with them
+        aliases = {}
+        for name, settings in list(attacks.items()):
+            key = yaml.safe_dump(settings, sort_keys=True)
+            if key in kept:  # e.g. PGD-200 and PGD-1000 both capped at 20 steps: run once
+                aliases[name] = kept[key]
+                del attacks[name]
+            else:
+                kept[key] = name
         images = caps["images"] if spec.images is None else min(spec.images, caps["images"])
-        evaluations.append(dataclasses.replace(spec, attacks=attacks, images=images, draws=min(spec.draws, caps["draws"])))
+        evaluations.append(dataclasses.replace(spec, attacks=attacks, images=images, draws=min(spec.draws, caps["draws"]),
+                                               aliases=aliases))
     figures = []
     for figure in recipe.figures:
         figure = copy.deepcopy(figure)
@@ -264,6 +443,18 @@ def scaled(recipe: Recipe, scale: str) -> Recipe:
             figure["verify"] = False
         figures.append(figure)
     return dataclasses.replace(recipe, runs=runs, evaluations=tuple(evaluations), figures=tuple(figures))
+
+
+def scale_summary(scale: str) -> str:
+    """What ``scale`` shrinks, in words (the report's banner)."""
+    if scale == "full":
+        return "the recipe's own settings"
+    train = ", ".join(f"{key} <= {value}" for key, value in _TRAIN_CAPS[scale].items())
+    evaluation = ", ".join(f"{key} <= {value}" for key, value in _EVAL_CAPS[scale].items())
+    models = ("LeNet for every network" if scale == "tiny" else
+              "; ".join(f"{big} -> {small} {options}" for big, (small, options) in _SMALL_MODELS.items()))
+    return (f"training {train} (no learning-rate steps; the deployed keep-probability stays the recipe's); "
+            f"attacks {evaluation} (attacks made identical by the caps run once); models: {models}")
 
 
 def _attack_fields(kind: str) -> set[str]:
@@ -318,6 +509,30 @@ def check_data(recipe: Recipe, data_dirs: Mapping[str, str] | str | None) -> Non
         load_dataset(dataset, "test", data_dir_for(dataset, data_dirs) or own_dir, verify=verify)
 
 
+def _set_aside_if_other(run_dir: Path, config: TrainConfig) -> tuple[Path, str] | None:
+    """Move a run folder trained with other weight-shaping settings than ``config`` aside (to
+    ``NAME.replaced-TIME``, nothing is deleted); return (where, the fields that differ) or None."""
+    import time
+
+    from menet.checkpoint import CheckpointError
+    from menet.runs import read_config
+
+    if not (run_dir / "config.yaml").is_file():
+        return None
+    try:
+        saved = read_config(run_dir)
+    except (CheckpointError, OSError):
+        differ = "its config.yaml is unreadable"
+    else:
+        fields = config.resolved().weights_differ(saved)
+        if not fields:
+            return None
+        differ = ", ".join(fields[:5]) + (", ..." if len(fields) > 5 else "")
+    target = run_dir.with_name(f"{run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir.rename(target)
+    return target, differ
+
+
 def run_is_trained(run_dir: Path, config: TrainConfig) -> bool:
     """Whether ``run_dir`` holds the finished run of ``config``."""
     from menet.checkpoint import CheckpointError, load_weights_only
@@ -350,13 +565,17 @@ def reproduce(
     import torch
 
     from menet.data import load_dataset
-    from menet.evaluation import ResultStore, environment, evaluate
+    from menet.evaluation import ResultStore, SettingsChanged, environment, evaluate
     from menet.progress import no_progress
     from menet.report import write_report
     from menet.runs import EVAL_DIR, evaluation_inputs, load_model
     from menet.training import fit
 
     progress = progress or no_progress
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise RecipeError("menet reproduce / menet demo run in one process (every rank would evaluate and write the "
+                          "same files): run them without torchrun; for multi-GPU training of a recipe's run use "
+                          "torchrun ... -m menet train with its config")
     recipe = scaled(recipe, scale)
     root = Path(runs_root)
     check_data(recipe, data_dirs)
@@ -365,6 +584,10 @@ def reproduce(
         if data_dir is not None:
             config = dataclasses.replace(config, data_dir=str(data_dir))
         run_dir = root / name
+        replaced = _set_aside_if_other(run_dir, config)
+        if replaced is not None:
+            say(f"run {name}: {run_dir} was trained with other settings ({replaced[1]}); moved to {replaced[0].name}, "
+                "training the recipe's run")
         if run_is_trained(run_dir, config):
             say(f"run {name}: trained")
             continue
@@ -396,8 +619,15 @@ def reproduce(
             started = time.perf_counter()
             inputs = evaluation_inputs(root / run, dataset=config.dataset, gradient=spec.gradient,
                                        transfer_from=root / spec.transfer_from if spec.transfer_from else None)
-            evaluate(model, images, labels, attacks, draws=spec.draws, seed=spec.seed, batch_size=spec.batch_size,
-                     device=dev, store=store, inputs=inputs, progress=progress)
+            arguments = {"draws": spec.draws, "seed": spec.seed, "batch_size": spec.batch_size, "device": dev,
+                         "inputs": inputs, "progress": progress}
+            try:
+                evaluate(model, images, labels, attacks, store=store, **arguments)
+            except SettingsChanged as err:  # the recipe or the weights changed since: evaluate anew
+                say(f"evaluate {run}: {err}; evaluating anew (the old result stays until the new one replaces it)")
+                store = ResultStore(
+                    root / run / EVAL_DIR, tag, overwrite=True, metadata=store.metadata)
+                evaluate(model, images, labels, attacks, store=store, **arguments)
             say(f"evaluate {run}: {tag} done in {time.perf_counter() - started:.0f} s")
     out = Path(report_dir) if report_dir is not None else root / "reports" / recipe.name
     return write_report(out, recipe=recipe, runs_root=root, scale=scale, data_dirs=data_dirs, device=device, say=say)

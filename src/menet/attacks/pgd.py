@@ -29,8 +29,12 @@ GradTransform = Callable[[Tensor], Tensor]
 RESTART_CHECK_DRAWS = 3  # fresh forward passes that must all be fooled before a randomised model's example stops restarting
 
 
-def _better(loss: Tensor, fooled: Tensor, best_loss: Tensor, best_fooled: Tensor) -> Tensor:
-    """Where (fooled, loss) beats (best_fooled, best_loss): fooled first, then higher loss."""
+def _better(loss: Tensor, fooled: Tensor, best_loss: Tensor, best_fooled: Tensor, by_loss: bool = False) -> Tensor:
+    """Where (fooled, loss) beats (best_fooled, best_loss): fooled first, then higher loss; with
+    ``by_loss`` (randomised models, where one pass's misclassification is one draw's luck) the
+    higher loss alone."""
+    if by_loss:
+        return loss > best_loss
     return (fooled & ~best_fooled) | ((fooled == best_fooled) & (loss > best_loss))
 
 
@@ -48,6 +52,7 @@ def pgd_loop(
     keep_best: bool = True,
     grad_transform: GradTransform | None = None,
     max_batch: int = 1024,
+    by_loss: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """PGD from ``start``: ``steps`` signed-gradient steps of ``step_size``, each projected on
     the eps-ball around ``images`` and [0, 1]. Returns (adversarial, loss, fooled) per example.
@@ -55,6 +60,8 @@ def pgd_loop(
     ``samples`` > 1 averages each gradient over that many forward passes (EOT).
     ``keep_best``: return per example the most adversarial iterate seen (fooled first, then
     the highest loss), the final one included; otherwise the last iterate (training's choice).
+    ``by_loss``: keep the highest-loss iterate, whether or not its one pass was fooled (for
+    randomised models: a lucky draw must not pin an early, weak iterate).
     ``grad_transform`` maps each gradient before its sign is taken (projected BPDA).
     The model's mode is left as it is: callers put it in eval mode.
     """
@@ -67,7 +74,7 @@ def pgd_loop(
         last = step == steps  # only with keep_best: score the final iterate (its gradient unused)
         current = loss_gradient(model, adv, labels, loss, samples, max_batch)
         if keep_best:
-            better = _better(current.loss, current.fooled, best_loss, best_fooled)
+            better = _better(current.loss, current.fooled, best_loss, best_fooled, by_loss)
             best[better] = adv[better]
             best_loss = torch.where(better, current.loss, best_loss)
             best_fooled = best_fooled | current.fooled
@@ -89,7 +96,8 @@ class PGD(Attack):
     restarts (1: restarts > 1 run again from new random starts on the examples not yet fooled,
     on a randomised model judged by 3 fresh forward passes that must all be fooled); loss: "ce" (cross-entropy) or "cw" (the L-inf CW margin loss); eot: gradient
     samples per step (1; see ``eot``); keep_best: return per example the most adversarial
-    iterate seen (misclassified first, then highest loss) rather than the last one.
+    iterate seen (misclassified first, then highest loss; on a randomised model the highest
+    loss alone, as one pass's misclassification is luck) rather than the last one.
     Example: ``PGD(eps=8/255, step_size=2/255, steps=1000)(model, x, y, generator=g)``.
     """
 
@@ -136,11 +144,12 @@ class PGD(Attack):
                 model, x, y, eps=self.eps, step_size=self.step_size, steps=self.steps,
                 start=self.start(model, x, generator), loss=self.loss, samples=self.eot,
                 keep_best=self.keep_best, grad_transform=self.grad_transform(model, x), max_batch=self.max_batch,
+                by_loss=randomised,
             )
             if not self.keep_best:  # the last iterate: score it (pgd_loop scores only the iterates it keeps)
                 fooled = predict(model, adv, self.max_batch) != y
                 loss = torch.zeros_like(loss)
-            better = _better(loss, fooled, best_loss[todo], best_fooled[todo]) | (restart == 0)
+            better = _better(loss, fooled, best_loss[todo], best_fooled[todo], randomised and self.keep_best) | (restart == 0)
             chosen = todo[better]
             result[chosen] = adv[better]
             best_loss[chosen] = loss[better]
