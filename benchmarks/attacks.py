@@ -11,7 +11,7 @@ Prints `name: value (ratio vs reference)` lines, median of 3 repeats, torch thre
    from a few steps).
 CIFAR-10 is not shipped: CIFAR-shaped images are built from Fashion-MNIST (benchmarks/common.py).
 
-Usage: python benchmarks/attacks.py [--device cuda] [--batch 64] [--quick]
+Usage: python benchmarks/attacks.py [--device cuda] [--batch 64] [--quick] [--parts 1,2,3,4]
 """
 
 from __future__ import annotations
@@ -50,7 +50,11 @@ def main() -> None:
     parser.add_argument("--reference-images", type=int, default=4, help="images for the cvxpy projection")
     parser.add_argument("--quick", action="store_true", help="fewer images and repeats (smoke run)")
     parser.add_argument("--no-reference", action="store_true", help="skip the per-image cvxpy reference (no cvxpy)")
+    parser.add_argument("--parts", default="1,2,3,4", help="which measurements (see above), e.g. 4 for SPSA and Boundary only")
     args = parser.parse_args()
+    parts = {int(part) for part in args.parts.split(",")}
+    if 3 in parts:
+        parts.add(1)  # the projection uses the estimation rates measured in part 1
     if args.quick:
         args.batch, args.repeats, args.steps, args.reference_images, args.estimation_batch = 8, 1, 1, 1, 64
     torch.set_num_threads(os.cpu_count() or 1)
@@ -65,10 +69,11 @@ def main() -> None:
     network = build_model_for_dataset("resnet18", "cifar10").to(device).eval()
 
     # 1. PGD step: plain vs BPDA through ME-Net.
-    plain = pgd_step_seconds(network, x, y, args.steps, args.repeats)
-    print(f"pgd step resnet18: {plain:.3f} s (1.00x)", flush=True)
     rates = {}
-    for method, p in (("usvt", 0.5), ("nucnorm", 0.91), ("nucnorm", 0.5)):
+    if parts & {1, 2}:
+        plain = pgd_step_seconds(network, x, y, args.steps, args.repeats)
+        print(f"pgd step resnet18: {plain:.3f} s (1.00x)", flush=True)
+    for method, p in (("usvt", 0.5), ("nucnorm", 0.91), ("nucnorm", 0.5)) if 1 in parts else ():
         model = MENet(network, MatrixEstimation(method, p=p, generator=torch.Generator().manual_seed(0)))
         seconds = pgd_step_seconds(model, x, y, args.steps, args.repeats)
         print(f"bpda pgd step resnet18 {method} p={p}: {seconds:.3f} s ({seconds / plain:.2f}x vs plain pgd)", flush=True)
@@ -77,16 +82,17 @@ def main() -> None:
             rates[p] = len(many) / median_time(lambda me=me: me(many), args.repeats)
 
     # 2. EOT-k: one step averaging k mask draws vs k single steps.
-    model = MENet(network, MatrixEstimation("usvt", p=0.5, generator=torch.Generator().manual_seed(0)))
-    single = pgd_step_seconds(model, x, y, args.steps, args.repeats)
-    with_eot = pgd_step_seconds(model, x, y, args.steps, args.repeats, samples=args.eot)
-    print(f"eot-{args.eot} bpda step resnet18 usvt: {with_eot:.3f} s ({with_eot / (args.eot * single):.2f}x vs "
-          f"{args.eot} single steps)", flush=True)
+    if 2 in parts:
+        model = MENet(network, MatrixEstimation("usvt", p=0.5, generator=torch.Generator().manual_seed(0)))
+        single = pgd_step_seconds(model, x, y, args.steps, args.repeats)
+        with_eot = pgd_step_seconds(model, x, y, args.steps, args.repeats, samples=args.eot)
+        print(f"eot-{args.eot} bpda step resnet18 usvt: {with_eot:.3f} s ({with_eot / (args.eot * single):.2f}x vs "
+              f"{args.eot} single steps)", flush=True)
 
     # 3. Projected estimation cost of 1000-step BPDA on 1000 CIFAR-10 images (nuclear norm).
     mats = images_to_matrices(x[: args.reference_images].double().cpu() * 2 - 1, "concat").numpy()
     gen = torch.Generator().manual_seed(0)
-    for p, rate in rates.items():
+    for p, rate in (rates.items() if 3 in parts else ()):
         hours = 1e6 / rate / 3600
         cores = 1 if device.type == "cuda" else torch.get_num_threads()
         reference = ""
@@ -105,7 +111,7 @@ def main() -> None:
     yf = fashion.labels[:8].to(device)
     few = 2 if args.quick else 5
     for label, attack, full in (("spsa", SPSA(steps=few, samples=2048, early_stop=False), 1000),
-                                ("boundary", Boundary(steps=few * 10), 1000)):
+                                ("boundary", Boundary(steps=few * 10), 1000)) if 4 in parts else ():
         attack(lenet, xf, yf, generator=torch.Generator().manual_seed(0))  # warm-up
         synchronize()
         seconds = median_time(lambda attack=attack: attack(lenet, xf, yf, generator=torch.Generator().manual_seed(0)),
