@@ -322,15 +322,13 @@ def test_cached_copies_are_reconstructions_with_their_keep_probability(tmp_path)
     assert err[1] < 2 and err[0] > 5 * err[1]
 
 
-def test_two_process_torchrun_matches_one_process(tmp_path):
+def _train_one_and_two_processes(tmp_path, settings: list[str]) -> str:
+    """Train runs "one" (1 process) and "two" (torchrun, 2 processes) with ``settings``; check that
+    their weights agree; return the 2-process run's stdout."""
     import os
     import subprocess
     import sys
 
-    # Batches of 31 split 16 + 15 (and the last, 3, as 2 + 1): the loss scaling must make
-    # the averaged gradient the global-batch mean for the runs to agree.
-    settings = ["--set", "mode=vanilla", "--set", "epochs=2", "--set", "batch_size=31", "--set", "train_limit=96",
-                "--set", "lr=0.05", "--set", "lr_milestones=[]", "--set", "test_limit=64", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single = subprocess.run([sys.executable, "-m", "menet", "train", "--name", "one", "--runs", str(tmp_path), *settings],
                             capture_output=True, text=True, env=env)
@@ -345,9 +343,18 @@ def test_two_process_torchrun_matches_one_process(tmp_path):
     b = load_weights_only(tmp_path / "two" / "model.pt")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+    return double.stdout
+
+
+def test_two_process_torchrun_matches_one_process(tmp_path):
+    # Batches of 31 split 16 + 15 (and the last, 3, as 2 + 1): the loss scaling must make
+    # the averaged gradient the global-batch mean for the runs to agree.
+    settings = ["--set", "mode=vanilla", "--set", "epochs=2", "--set", "batch_size=31", "--set", "train_limit=96",
+                "--set", "lr=0.05", "--set", "lr_milestones=[]", "--set", "test_limit=64", "--quiet"]
+    stdout = _train_one_and_two_processes(tmp_path, settings)
     # Only rank 0 wrote: one set of run files, and rank 1 printed nothing.
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["config.yaml", "history.csv", "history.jsonl", "last.pt", "model.pt"]
-    assert double.stdout.count("epoch 2: loss") == 1
+    assert stdout.count("epoch 2: loss") == 1
 
 
 def test_adam_and_amp_on_cpu(tmp_path, caplog):
@@ -466,30 +473,16 @@ def test_fresh_and_cached_masks_feed_the_same_augmented_reconstructions(tmp_path
     assert (inputs["fresh"][:, :, 0, :] == 0).all(-1).any()
 
 
-def test_two_process_menet_with_crop_flip_and_masks_matches_one_process(tmp_path):
-    import os
-    import subprocess
-    import sys
-
+@pytest.mark.parametrize("mode", ["menet", "menet-adv"])
+def test_two_process_menet_with_crop_flip_and_masks_matches_one_process(tmp_path, mode):
+    """Crops, flips, masks and (menet-adv) the PGD starts and per-step masks of the global batch
+    are drawn once and sliced per rank."""
     data = _tiny_cifar(tmp_path / "data")
-    settings = ["--set", "mode=menet", "--set", "model=lenet", "--set", "epochs=2", "--set", "batch_size=11",
+    settings = ["--set", f"mode={mode}", "--set", "attack.steps=2", "--set", "model=lenet", "--set", "epochs=2", "--set", "batch_size=11",
                 "--set", "lr=0.05", "--set", "lr_milestones=[]", "--set", "eval_every=0", "--set", "defense.method=usvt",
                 "--set", "defense.p_start=0.4", "--set", "defense.n_masks=2", "--quiet",
                 *[item for k, v in data.items() for item in ("--set", f"{k}={v}")]]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    single = subprocess.run([sys.executable, "-m", "menet", "train", "--name", "one", "--runs", str(tmp_path), *settings],
-                            capture_output=True, text=True, env=env)
-    assert single.returncode == 0, single.stderr
-    double = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "menet", "train", "--name", "two", "--runs", str(tmp_path), *settings],
-        capture_output=True, text=True, env=env,
-    )
-    assert double.returncode == 0, double.stderr[-3000:]
-    a = load_weights_only(tmp_path / "one" / "model.pt")
-    b = load_weights_only(tmp_path / "two" / "model.pt")
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+    _train_one_and_two_processes(tmp_path, settings)
 
 
 def test_load_model_takes_the_attackers_gradient_and_a_generator(tmp_path):

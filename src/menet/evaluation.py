@@ -178,7 +178,7 @@ def model_checks(model: nn.Module, x: Tensor, y: Tensor, attacks: Mapping[str, A
     with torch.no_grad():
         randomised = bool(defenses_of(model)) or not torch.equal(model(x), model(x))
     uses_eot = any(getattr(getattr(a, "attack", a), "eot", 1) > 1 for a in attacks.values())
-    if randomised and draws == 1 and not uses_eot:
+    if attacks and randomised and draws == 1 and not uses_eot:  # (clean accuracy alone: nothing to hide)
         warnings.append("the model is randomised (fresh masks per forward pass) but neither EOT (--eot) nor several "
                         "scoring draws (--draws) are used: one lucky draw can hide a successful attack")
     gradient_attacks = [n for n, a in attacks.items() if hasattr(a, "eot") and not isinstance(a, Transfer)]

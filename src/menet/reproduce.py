@@ -56,7 +56,7 @@ _SMALL_MODELS = {"resnet18": ("wide_resnet", {"depth": 10, "widen_factor": 1}),
                  "wide_resnet": ("wide_resnet", {"depth": 10, "widen_factor": 2})}
 # Evaluation at each scale: caps on images, attack steps, EOT samples, SPSA samples, draws.
 _EVAL_CAPS = {
-    "small": {"images": 100, "steps": 20, "eot": 4, "samples": 256, "draws": 2, "restarts": 1, "init_attempts": 200},
+    "small": {"images": 100, "steps": 20, "eot": 4, "samples": 32, "draws": 2, "restarts": 1, "init_attempts": 200},
     "tiny": {"images": 4, "steps": 2, "eot": 2, "samples": 8, "draws": 1, "restarts": 1, "init_attempts": 10},
 }
 
