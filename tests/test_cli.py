@@ -29,6 +29,7 @@ def test_demo_trains_attacks_and_reports(tmp_path, capsys):
     before = (out / "report.md").read_text()
     assert main(["demo", "--out", str(out), "--scale", "tiny", "--quiet"]) == 0  # a second run reuses everything
     assert (out / "report.md").read_text() == before
+    assert not [p for p in out.iterdir() if ".replaced-" in p.name]  # the runs were reused, not set aside
 
 
 def test_missing_data_is_a_clear_error(tmp_path, capsys):

@@ -140,6 +140,10 @@ def test_sanity_checks_pass_and_fail_as_they_should():
     low_plateau = _result({f"e{e}": {**pgd, "eps": e} for e in (2 / 255, 8 / 255, 16 / 255)},
                           {f"e{2 / 255}": 0.5, f"e{8 / 255}": 0.495, f"e{16 / 255}": 0.49})
     assert [c.verdict for c in sanity_checks("r", {"a": low_plateau}) if c.name.startswith("accuracy falls")] == ["FAIL"]
+    # Flat at small eps, then down to 0: a robust model, not gradient masking.
+    robust = _result({f"e{e}": {**pgd, "eps": e} for e in (0.05, 0.1, 0.3, 0.5)},
+                     {"e0.05": 0.985, "e0.1": 0.975, "e0.3": 0.93, "e0.5": 0.0})
+    assert [c.verdict for c in sanity_checks("r", {"a": robust}) if c.name.startswith("accuracy falls")] == ["pass"]
     slope = _result({f"e{e}": {**pgd, "eps": e} for e in (0.1, 0.2, 0.3)}, {"e0.1": 0.98, "e0.2": 0.9, "e0.3": 0.8})
     assert [c.verdict for c in sanity_checks("r", {"a": slope}) if c.name.startswith("accuracy falls")] == ["inconclusive"]
     # EOT is compared with the strongest plain BPDA at the same eps, steps and draws.

@@ -86,6 +86,10 @@ def test_report_leaves_out_results_of_other_weights(tmp_path):
     fit(config_from_dict({**config, "epochs": 2}), root, resume=True)  # the weights change; eval/ stays
     report = write_report(tmp_path / "r2", run_dirs=[root / "net"]).read_text()
     assert "### rerun-white" not in report and "**Left out:**" in report and "net: rerun-white" in report
+    # Results copied without the weights: nothing to compare, so they are kept.
+    (root / "net" / "model.pt").unlink()
+    report = write_report(tmp_path / "r3", run_dirs=[root / "net"]).read_text()
+    assert "### rerun-white" in report and "Left out" not in report
 
 
 def test_reproduce_refuses_torchrun(tmp_path, monkeypatch):

@@ -524,7 +524,8 @@ def _set_aside_if_other(run_dir: Path, config: TrainConfig) -> tuple[Path, str] 
     except (CheckpointError, OSError):
         differ = "its config.yaml is unreadable"
     else:
-        fields = config.resolved().weights_differ(saved)
+        # Mixed precision (--amp, e.g. a multi-GPU run trained with torchrun) is how, not what, was trained.
+        fields = [f for f in config.resolved().weights_differ(saved) if f != "amp"]
         if not fields:
             return None
         differ = ", ".join(fields[:5]) + (", ..." if len(fields) > 5 else "")

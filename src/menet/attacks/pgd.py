@@ -61,7 +61,8 @@ def pgd_loop(
     ``keep_best``: return per example the most adversarial iterate seen (fooled first, then
     the highest loss), the final one included; otherwise the last iterate (training's choice).
     ``by_loss``: keep the highest-loss iterate, whether or not its one pass was fooled (for
-    randomised models: a lucky draw must not pin an early, weak iterate).
+    randomised models, where a fooled pass is one draw's luck; the loss of one pass is noisy
+    too, less so than its 0/1 outcome: use EOT samples to rank iterates on averaged losses).
     ``grad_transform`` maps each gradient before its sign is taken (projected BPDA).
     The model's mode is left as it is: callers put it in eval mode.
     """
@@ -97,7 +98,7 @@ class PGD(Attack):
     on a randomised model judged by 3 fresh forward passes that must all be fooled); loss: "ce" (cross-entropy) or "cw" (the L-inf CW margin loss); eot: gradient
     samples per step (1; see ``eot``); keep_best: return per example the most adversarial
     iterate seen (misclassified first, then highest loss; on a randomised model the highest
-    loss alone, as one pass's misclassification is luck) rather than the last one.
+    loss alone, as one pass's misclassification is largely luck) rather than the last one.
     Example: ``PGD(eps=8/255, step_size=2/255, steps=1000)(model, x, y, generator=g)``.
     """
 
