@@ -210,3 +210,42 @@ def test_spsa_settings_are_validated_and_registered():
         SPSA(delta=0.0)
     with pytest.raises(TypeError):
         SPSA(early_stop=1)
+
+
+class _LuckyEveryThirdPass(nn.Module):
+    """Predicts class 0 (right, for label 0) except on every third forward pass, when it
+    predicts class 1: a randomised model whose single pass is fooled by luck."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.calls += 1
+        logits = torch.zeros(len(x), 10)
+        logits[:, 1 if self.calls % 3 == 1 else 0] = 1.0
+        return logits
+
+
+def test_scoring_over_several_passes_is_not_fooled_by_one_lucky_pass():
+    from menet.attacks.spsa import _score
+
+    x, y = torch.rand(4, 1, 28, 28), torch.zeros(4, dtype=torch.long)
+    _, fooled_once = _score(_LuckyEveryThirdPass(), x, y, max_batch=64)
+    _, fooled_in_all = _score(_LuckyEveryThirdPass(), x, y, max_batch=64, passes=3)
+    assert fooled_once.all() and not fooled_in_all.any()
+
+
+def test_spsa_scores_a_defended_model_over_three_passes(monkeypatch):
+    import menet.attacks.spsa as spsa_module
+    from menet.defense import MatrixEstimation, MENet
+
+    seen = []
+    real_loop = spsa_module.spsa_loop
+    monkeypatch.setattr(spsa_module, "spsa_loop", lambda *a, **k: seen.append(k["score_passes"]) or real_loop(*a, **k))
+    net = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    x, y = torch.rand(2, 1, 28, 28), torch.zeros(2, dtype=torch.long)
+    attack = SPSA(eps=0.1, steps=1, samples=2)
+    attack(net, x, y, generator=torch.Generator().manual_seed(0))
+    attack(MENet(net, MatrixEstimation("usvt", p=0.5)), x, y, generator=torch.Generator().manual_seed(0))
+    assert seen == [1, 3]

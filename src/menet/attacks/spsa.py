@@ -62,7 +62,8 @@ from menet.attacks.base import (
     register_attack,
     uniform,
 )
-from menet.attacks.pgd import _better
+from menet.attacks.pgd import RESTART_CHECK_DRAWS, _better
+from menet.defense import MatrixEstimation
 
 ADAM_BETA1 = 0.9
 ADAM_BETA2 = 0.999
@@ -114,23 +115,31 @@ def spsa_gradient(model: nn.Module, x: Tensor, labels: Tensor, *, samples: int =
 
 
 @torch.no_grad()
-def _score(model: nn.Module, x: Tensor, labels: Tensor, max_batch: int) -> tuple[Tensor, Tensor]:
-    """margin_loss (N,) and misclassified flags (N,) of ``model`` at ``x``, in batches."""
-    logits = torch.cat([model(x[i : i + max_batch]) for i in range(0, len(x), max_batch)])
-    return margin_loss(logits, labels), logits.argmax(1) != labels
+def _score(model: nn.Module, x: Tensor, labels: Tensor, max_batch: int, passes: int = 1) -> tuple[Tensor, Tensor]:
+    """margin_loss (N,) averaged over ``passes`` forward passes, and misclassified flags (N,):
+    misclassified in every pass (a randomised model's one pass can be fooled by luck)."""
+    losses, fooled = [], torch.ones(len(x), dtype=torch.bool, device=x.device)
+    for _ in range(passes):
+        logits = torch.cat([model(x[i : i + max_batch]) for i in range(0, len(x), max_batch)])
+        losses.append(margin_loss(logits, labels))
+        fooled &= logits.argmax(1) != labels
+    return torch.stack(losses).mean(0), fooled
 
 
 @torch.no_grad()
 def spsa_loop(model: nn.Module, images: Tensor, labels: Tensor, *, eps: float, start: Tensor, steps: int = 1000,
               samples: int = 2048, lr: float = 0.01, delta: float = 0.01, early_stop: bool = True,
-              max_batch: int = 4096, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+              max_batch: int = 4096, generator: torch.Generator | None = None, score_passes: int = 1,
+              ) -> tuple[Tensor, Tensor, Tensor]:
     """SPSA with Adam from ``start``: ``steps`` projected updates. Returns (best, loss, fooled).
 
     images, start: (N, C, H, W) in [0, 1]; labels (N,). ``best`` holds per example the most
     adversarial point scored (the start, then each iterate): misclassified first, then the
     highest ``margin_loss``; ``loss`` and ``fooled`` (N,) are its score. ``early_stop``: an
     example stops being updated (and costs nothing more) once its current point is
-    misclassified. The model's mode is left as it is: callers put it in eval mode.
+    misclassified. ``score_passes``: forward passes per scoring (loss averaged, misclassified
+    only if in all of them), for randomised models. The model's mode is left as it is: callers
+    put it in eval mode.
     """
     n = len(images)
     adv = start.detach().clone()
@@ -142,7 +151,7 @@ def spsa_loop(model: nn.Module, images: Tensor, labels: Tensor, *, eps: float, s
     best_fooled = torch.zeros(n, dtype=torch.bool, device=images.device)
     active = torch.arange(n, device=images.device)
     for step in range(steps + 1):
-        loss, fooled = _score(model, adv[active], labels[active], max_batch)
+        loss, fooled = _score(model, adv[active], labels[active], max_batch, score_passes)
         better = _better(loss, fooled, best_loss[active], best_fooled[active])
         improved = active[better]
         best[improved] = adv[improved]
@@ -175,7 +184,9 @@ class SPSA(Attack):
     Rademacher directions (2048, the paper's "batch size"; even, >= 2); lr: Adam learning
     rate (0.01); delta: probe distance (0.01); random_start: begin at a uniform point of the
     eps-ball, as cleverhans does (True); early_stop: stop updating an example once it is
-    misclassified, keeping that point (True; cleverhans' early_stop_loss_threshold=0);
+    misclassified, keeping that point (True; cleverhans' early_stop_loss_threshold=0; on a
+    randomised model each point is scored by 3 passes and counts as misclassified only if it is
+    in all of them, so a lucky mask draw neither stops the attack nor pins a weak point);
     max_batch: most model inputs per forward pass (4096). Returns per example the best point
     seen (misclassified first, then highest margin loss). Shapes: images (N, C, H, W) in
     [0, 1], labels (N,) int64. Differences from cleverhans: see ``menet.attacks.spsa``.
@@ -206,7 +217,9 @@ class SPSA(Attack):
 
     def run(self, model: nn.Module, images: Tensor, labels: Tensor, generator: torch.Generator | None) -> Tensor:
         start = random_start(images, self.eps, generator) if self.random_start and self.eps > 0 else images
+        randomised = any(isinstance(m, MatrixEstimation) for m in model.modules())
         best, _, _ = spsa_loop(model, images, labels, eps=self.eps, start=start, steps=self.steps,
                                samples=self.samples, lr=self.lr, delta=self.delta, early_stop=self.early_stop,
-                               max_batch=self.max_batch, generator=generator)
+                               max_batch=self.max_batch, generator=generator,
+                               score_passes=RESTART_CHECK_DRAWS if randomised else 1)
         return best
