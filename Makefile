@@ -22,8 +22,10 @@ data:
 demo: $(STAMP) data
 	$(BIN)/menet demo
 
+# ruff check first (the rules in pyproject.toml), then pytest.
 # pytest exits 5 when it collects no test: that is a failure of the suite, not a pass.
 test: $(STAMP) data
+	$(BIN)/ruff check .
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests: failing" >&2; exit 1; fi; \
 	exit $$rc
