@@ -16,6 +16,7 @@ from menet import __version__
 from menet.checkpoint import CheckpointError
 from menet.config import ConfigError
 from menet.data import DatasetError
+from menet.devices import check_device
 
 
 def _progress(quiet: bool):
@@ -386,6 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     try:
+        check_device(getattr(args, "device", None))  # every command with --device, before any work
         return args.func(args)
     except (ConfigError, CheckpointError, DatasetError, ValueError, TypeError, FileExistsError) as err:
         print(f"menet {args.command}: error: {err}", file=sys.stderr)
