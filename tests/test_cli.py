@@ -107,7 +107,7 @@ def test_attack_command_writes_results_and_lists_attacks(tmp_path, capsys):
     assert main(["attack", "--list"]) == 0
     listed = capsys.readouterr().out
     for name in ("pgd", "fgsm", "boundary", "spsa", "approx_input", "projected_bpda"):
-        assert f"\n{name} " in "\n" + listed
+        assert f"\n  {name} " in "\n" + listed
     args = ["attack", str(run), "--attack", "fgsm", "--attack", "pgd", "--steps", "2", "--eps", "8/255",
             "--step-size", "2/255", "--n", "16", "--draws", "2", "--batch-size", "8", "--quiet"]
     assert main(args) == 0
@@ -120,6 +120,18 @@ def test_attack_command_writes_results_and_lists_attacks(tmp_path, capsys):
     assert main(["attack", str(run), "--attack", "pgd", "--steps", "1", "--n", "8", "--transfer-from", str(copy),
                  "--eot", "2", "--quiet"]) == 0
     assert (run / "eval" / "transfer-pgd-eot2.json").is_file()
+
+
+def test_attack_list_names_the_modifiers_in_plain_text(capsys):
+    assert main(["attack", "--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert not [line for line in lines if "`" in line]  # no reStructuredText quoting
+    assert any("pyautoattack" in line for line in lines) and any("top-rank singular" in line for line in lines)
+    for modifier in ("--loss cw", "--eot", "--transfer-from", "--draws", "--cascade", "--gradient exact"):
+        described = [line for line in lines if line.strip().startswith(modifier + " ")]
+        assert len(described) == 1 and len(described[0].split()) > 5, (modifier, described)
+    assert any("cw" in line.lower() and "carlini" in line.lower() for line in lines)  # a user looking for CW finds it
+    assert any("eot" in line.lower() and "expectation over transformation" in line for line in lines)
 
 
 @pytest.mark.parametrize(

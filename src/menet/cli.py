@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -186,12 +187,33 @@ def _build_attacks(args: argparse.Namespace, source: object | None) -> dict:
     return attacks
 
 
+# What `menet attack --list` shows besides the attacks: the flags that change how they run.
+_ATTACK_MODIFIERS = (
+    ("--loss cw", "the L-inf CW attack (Carlini and Wagner, 2017): fgsm / pgd on the margin loss instead of cross-entropy"),
+    ("--eot K", "expectation over transformation: each gradient averaged over K fresh mask draws (gradient attacks)"),
+    ("--transfer-from RUN", "transfer (black-box) attack: craft the examples on RUN's model, score them on this one"),
+    ("--draws D", "multi-draw scoring: an example is robust only if classified correctly in all D mask draws"),
+    ("--cascade", "attack only the examples that no earlier attack broke (AutoAttack's way), to save time"),
+    ("--gradient exact", "differentiate through the estimator (USVT only) instead of BPDA's identity backward pass"),
+)
+
+
+def _plain(text: str) -> str:
+    """A docstring fragment as plain text: reStructuredText roles and ``literals`` unquoted."""
+    text = re.sub(r":[a-z]+:`([^`]*)`", r"\1", text)
+    return re.sub(r"`{1,2}([^`]*)`{1,2}", r"\1", text)
+
+
 def _cmd_attack(args: argparse.Namespace) -> int:
     from menet.attacks import attack_names, describe_attack
 
     if args.list:
+        print("attacks (--attack NAME):")
         for name in attack_names():
-            print(f"{name:<16}{describe_attack(name)}")
+            print(f"  {name:<20}{_plain(describe_attack(name))}")
+        print("modifiers (combine with the attacks above):")
+        for flag, text in _ATTACK_MODIFIERS:
+            print(f"  {flag:<20}{text}")
         return 0
     if not args.run_dir or not args.attack:
         raise ValueError("give a run directory and at least one --attack (menet attack --list lists them)")
