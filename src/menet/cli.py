@@ -11,17 +11,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from menet import __version__
 from menet.checkpoint import CheckpointError
 from menet.config import ConfigError
 from menet.data import DatasetError
 from menet.devices import check_device
+from menet.progress import Progress, stream_progress
 
 
-def _progress(quiet: bool):
-    return lambda items, desc, total=None: tqdm(items, desc=desc, total=total, disable=quiet, leave=False)
+def _progress(quiet: bool) -> Progress:
+    """Progress on stderr: bars on a terminal, a plain line every few percent on a pipe or file."""
+    return stream_progress(sys.stderr, quiet=quiet)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -132,7 +133,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         overwrite=args.overwrite,
         device=args.device,
-        progress=lambda items, desc, total: tqdm(items, desc=desc, total=total, disable=args.quiet, leave=False),
+        progress=_progress(args.quiet),
         on_epoch=_print_epoch,  # called on rank 0 only
     )
     if int(os.environ.get("RANK", "0")) == 0:
@@ -256,7 +257,7 @@ def _cmd_attack(args: argparse.Namespace) -> int:
                                transfer_from=args.transfer_from)
     result = evaluate(model, images, labels, attacks, draws=args.draws, seed=args.seed, batch_size=args.batch_size,
                       cascade=args.cascade, device=place.device, store=store, inputs=inputs, rank=place.rank, world=place.world,
-                      progress=lambda items, desc, total: tqdm(items, desc=desc, total=total, disable=args.quiet or place.rank != 0))
+                      progress=_progress(args.quiet or place.rank != 0))
     if place.rank == 0:
         from menet.evaluation import format_table
 
