@@ -12,8 +12,10 @@ from official_files import write_cifar, write_split, write_svhn, write_tiny_imag
 from PIL import Image
 
 from menet.data import DatasetError
+from menet.recipe import RecipeError, load_paper_recipe
 from menet.report import sanity_checks, write_report
-from menet.reproduce import RecipeError, load_paper_recipe, reproduce, scaled
+from menet.reproduce import reproduce
+from menet.scaling import scaled
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 PAPER = {f"table{i}" for i in range(1, 8)} | {f"fig{i}" for i in (1, 2, 4, 5, 6)}
@@ -168,12 +170,12 @@ def test_sanity_checks_pass_and_fail_as_they_should():
 
 _RECIPE = """\
 runs: {a: {mode: vanilla}, b: {mode: vanilla, seed: 1}}
-evaluations: {e: {runs: [a], attacks: {pgd: {attack: pgd, steps: 2}}}}
+evaluations: {e: {runs: [a], attacks: {pgd: {attack: pgd, steps: 2}}, features: true}}
 """
 _TABLE = "tables: [{title: t, columns: [x, y], rows: [{label: r, %s}]}]\n"
 _GOOD_TABLE = _TABLE % "cells: [a/e/pgd, a/e/clean], paper: [1, 2.5], adaptive: [a/e/pgd, null]"
 _FIGURE = "figures: [%s]\n"
-_GOOD_FIGURE = _FIGURE % "{kind: tsne, models: {A: a}, source: b, attack: {attack: pgd, steps: 2, eps: 8/255}}"
+_GOOD_FIGURE = _FIGURE % "{kind: tsne, models: {A: a}, features: e/pgd}"
 
 
 @pytest.mark.parametrize("text, match", [
@@ -194,14 +196,16 @@ _GOOD_FIGURE = _FIGURE % "{kind: tsne, models: {A: a}, source: b, attack: {attac
     (_TABLE % "paper: [1, n/a]", "paper values must be numbers"),
     (_TABLE % "cells: [b/e/pgd, null]", "cell 'b/e/pgd'"),  # b is not among the runs of e
     (_TABLE % "cels: [a/e/pgd, null]", "unknown key"),
-    (_FIGURE % "{kind: tsne, models: {A: a}, source: b}", "missing attack"),
-    (_FIGURE % "{kind: distances, models: {A: a}, source: b}", "missing attack"),
+    (_FIGURE % "{kind: tsne, models: {A: a}}", "missing features"),
+    (_FIGURE % "{kind: distances, models: {A: a}}", "missing features"),
+    ("evaluations: {e: {runs: [a], attacks: {pgd: {attack: pgd}}, features: yes-please}}", "features must be true or false"),
     (_FIGURE % "{kind: ranks}", "missing datasets"),
     (_FIGURE % "{kind: ranks, datasets: [mnist, cifar11]}", "unknown dataset 'cifar11'"),
-    (_FIGURE % "{kind: tsne, models: {A: a}, source: b, attack: {attack: pgd, stepz: 7}}", "stepz"),
-    (_FIGURE % "{kind: tsne, models: {A: a}, source: b, attack: {attack: pgd, steps: -1}}", "steps must be >= 0"),
-    (_FIGURE % "{kind: tsne, models: {A: a}, source: b, attack: {steps: 7}}", "attack must be a mapping naming"),
-    (_FIGURE % "{kind: tsne, models: {A: a}, source: b, attack: {attack: pgd}, images: 0}", "images must be"),
+    (_FIGURE % "{kind: tsne, models: {A: a}, features: e/cw}", "features must name tag/attack"),
+    (_FIGURE % "{kind: tsne, models: {A: a}, features: pgd}", "features must name tag/attack"),
+    (_FIGURE % "{kind: tsne, models: {A: b}, features: e/pgd}", "does not evaluate b"),
+    (_FIGURE % "{kind: tsne, models: {A: a}, features: e/pgd, source: b}", "unknown key"),
+    (_FIGURE % "{kind: ranks, datasets: [mnist], images: 0}", "images must be"),
     (_FIGURE % "{kind: steps, panels: {P: {A: b/e}}}", "'b/e' names no run/evaluation"),
 ])
 def test_bad_recipe_settings_fail_at_load_time(tmp_path, text, match):
@@ -220,8 +224,8 @@ def test_bad_recipe_settings_fail_at_load_time(tmp_path, text, match):
     assert message.startswith(f"{bad}: ") and "\n" not in message, message
 
 
-def test_figures_read_test_data_from_the_runs_data_dir(tiny_runs, tmp_path, monkeypatch):
-    """Without --data-dir, a figure loads the test set from the data_dir its runs were trained with."""
+def test_feature_figures_need_no_data(tiny_runs, tmp_path, monkeypatch):
+    """Figs. 4 and 5 are drawn from the stored features: without --data-dir or MENET_DATA_DIR too."""
     root, _ = tiny_runs
     monkeypatch.delenv("MENET_DATA_DIR", raising=False)
     for name, png in (("fig5", "distances.png"), ("fig4", "tsne.png")):
@@ -250,8 +254,8 @@ def test_report_keeps_runs_whose_folders_share_a_name(tmp_path):
 
 
 def test_rank_figure_reads_test_data_from_the_recipe_runs_data_dir(data_dirs, tmp_path, monkeypatch):
-    from menet.report_figures import recipe_figures
-    from menet.reproduce import Recipe
+    from menet.recipe import Recipe
+    from menet.report.figures import recipe_figures
     from menet.runs import read_config
 
     monkeypatch.delenv("MENET_DATA_DIR", raising=False)
@@ -265,7 +269,7 @@ def test_rank_figure_reads_test_data_from_the_recipe_runs_data_dir(data_dirs, tm
 
 def test_steps_figure_reads_only_the_recipes_own_results(tmp_path):
     from menet.evaluation import RESULT_FORMAT
-    from menet.report_figures import steps_figure
+    from menet.report.figures import steps_figure
 
     result = {"format": RESULT_FORMAT,
               "settings": {"attacks": {f"pgd{s}": {"attack": "pgd", "steps": s} for s in (10, 20)}},
@@ -277,3 +281,10 @@ def test_steps_figure_reads_only_the_recipes_own_results(tmp_path):
     assert steps_figure(figure, "fig6", tmp_path, tmp_path) == ["(no results for this figure yet)", ""]
     path.rename(path.with_name("fig6-steps.json"))  # the recipe's own result file RECIPE-TAG
     assert steps_figure(figure, "fig6", tmp_path, tmp_path)[0].startswith("![")
+
+
+def test_a_feature_figure_needs_an_evaluation_that_stores_features(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(_RECIPE.replace(", features: true", "") + _GOOD_FIGURE)
+    with pytest.raises(RecipeError, match="stores no features: add features: true"):
+        load_paper_recipe(path)

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from menet.recipe import RecipeError, load_paper_recipe
 from menet.report import write_report
-from menet.reproduce import RecipeError, load_paper_recipe, reproduce
+from menet.reproduce import reproduce
 
 RECIPE = """\
 title: rerun check
@@ -103,7 +104,7 @@ def test_reproduce_refuses_torchrun(tmp_path, monkeypatch):
 def test_recipes_sharing_a_run_name_train_the_same_run(scale):
     """Recipes share runs by name (runs/paper-SCALE/NAME): one name, one training, or each recipe
     would set the other's run aside and train it again."""
-    from menet.reproduce import scaled
+    from menet.scaling import scaled
 
     seen = {}
     for path in sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.yaml")):

@@ -1,9 +1,9 @@
 """The demo on the built-in Fashion-MNIST: ME-Net trained, attacked honestly, reported.
 
 Trains a vanilla LeNet, an independent vanilla copy (the transfer source) and ME-Net; attacks
-them (clean; transfer FGSM and PGD-40 from the copy; white-box BPDA PGD; BPDA + EOT; eps and
-steps sweeps for the sanity checks); and writes ``report.md`` with the table, the sanity
-checks and paper Figs. 1, 2, 4 and 5. The recipe is ``menet/demo_recipe.yaml``; a second run
+them (clean; transfer FGSM and PGD-40 from the copy, storing the penultimate features for
+Figs. 4 and 5; white-box BPDA PGD; BPDA + EOT; eps and steps sweeps for the sanity checks);
+and writes ``report.md`` with the table, the sanity checks and paper Figs. 1, 2, 4 and 5. The recipe is ``menet/demo_recipe.yaml``; a second run
 reuses finished runs and results.
 """
 
@@ -14,7 +14,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from menet.reproduce import Say, load_paper_recipe, reproduce
+from menet.recipe import load_paper_recipe
+from menet.reproduce import Say, reproduce
 
 
 def demo_recipe_path() -> Path:

@@ -1,9 +1,11 @@
 """The report's figures: paper Figs. 1, 2, 4, 5 and 6, and the sanity-check curves.
 
-Each figure reads data, trained models and result files and writes a PNG; nothing is trained.
-Figs. 4 and 5 need penultimate features of clean and transfer-attacked test images: the
-examples are crafted on the recipe's source run (an independently trained copy, as in the
-paper) with a seeded attack, so the figure repeats exactly.
+Each figure reads test images, result files or stored features and writes a PNG; nothing is
+trained, no model is loaded and no attack is run. Figs. 1 and 2 are drawn from the test images
+themselves (approximate ranks; masks and reconstructions). Figs. 4 and 5 draw the penultimate
+features that the recipe's evaluation stored (``menet.features_store``, written by the chain's
+features step or ``menet attack --save-features``); when they are missing or stale the report
+fails with one line naming the step that makes them.
 """
 
 from __future__ import annotations
@@ -15,16 +17,29 @@ from typing import Any
 import numpy as np
 import torch
 
+from menet.analysis import approx_rank
+from menet.checkpoint import CheckpointError
+from menet.data import load_dataset
+from menet.defense import MatrixEstimation
+from menet.estimation.layout import matrices_to_images
+from menet.features_store import StoredFeatures, features_path, read_features
+from menet.figures import plot_accuracy_curves, plot_distance_cdfs, plot_tsne
+from menet.figures.demo import plot_rank_distribution, plot_reconstruction_grid
+from menet.recipe import Recipe, data_dir_for
+from menet.report.results import ResultFiles, is_stale, records
+from menet.runs import EVAL_DIR, read_config
+
 FIG_PS = (0.2, 0.4, 0.6, 0.8, 1.0)
 FIG_METHODS = ("usvt", "softimpute", "nucnorm")
+
+
+class MissingFeatures(ValueError):
+    """A figure's stored features are absent or stale; the message names the step that makes them."""
 
 
 def _load_test(dataset: str, data_dirs: Any, limit: int | None, verify: bool = True, run_dirs: Iterable[Path] = ()):
     """The test split: from ``data_dirs`` (--data-dir), else from the data_dir of the first of
     ``run_dirs`` (runs of the figure) trained on ``dataset``, else from the default location."""
-    from menet.data import load_dataset
-    from menet.reproduce import data_dir_for
-
     data_dir = data_dir_for(dataset, data_dirs) or _run_data_dir(dataset, run_dirs)
     test = load_dataset(dataset, "test", data_dir, verify=verify)
     return test.images[:limit], test.labels[:limit]
@@ -32,9 +47,6 @@ def _load_test(dataset: str, data_dirs: Any, limit: int | None, verify: bool = T
 
 def _run_data_dir(dataset: str, run_dirs: Iterable[Path]) -> str | None:
     """The data_dir of the first run of ``run_dirs`` trained on ``dataset`` that names one."""
-    from menet.checkpoint import CheckpointError
-    from menet.runs import read_config
-
     for run_dir in run_dirs:
         try:
             config = read_config(run_dir)
@@ -48,9 +60,6 @@ def _run_data_dir(dataset: str, run_dirs: Iterable[Path]) -> str | None:
 def rank_figure(dataset: str, out: Path, data_dirs: Any = None, limit: int | None = 10000, verify: bool = True, *,
                 run_dirs: Iterable[Path] = ()) -> list[str]:
     """Paper Fig. 1 for one dataset: histogram and CDF of approximate ranks of test images."""
-    from menet.analysis import approx_rank
-    from menet.figures.demo import plot_rank_distribution
-
     images, _ = _load_test(dataset, data_dirs, limit, verify, run_dirs)
     ranks = approx_rank(images.to(torch.float32) / 255.0)
     name = f"ranks-{dataset}.png"
@@ -65,10 +74,6 @@ def reconstruction_figure(dataset: str, out: Path, data_dirs: Any = None, *, see
                           ps: tuple[float, ...] = FIG_PS, methods: tuple[str, ...] = FIG_METHODS,
                           run_dirs: Iterable[Path] = ()) -> list[str]:
     """Paper Fig. 2: test images masked at each p and reconstructed by each method."""
-    from menet.defense import MatrixEstimation
-    from menet.estimation.layout import matrices_to_images
-    from menet.figures.demo import plot_reconstruction_grid
-
     images, _ = _load_test(dataset, data_dirs, n_examples, verify, run_dirs)
     examples = images.to(torch.float32) / 255.0
     generator = torch.Generator().manual_seed(seed)
@@ -88,51 +93,54 @@ def reconstruction_figure(dataset: str, out: Path, data_dirs: Any = None, *, see
             f"and reconstructed by {', '.join(methods)}.", ""]
 
 
-def feature_sets(figure: Mapping[str, Any], recipe: Any, root: Path, data_dirs: Any, device: str | None
-                 ) -> tuple[dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], int]:
-    """{"clean" | "transfer attack": {model label: (features, labels)}} for Figs. 4 and 5."""
-    from menet.defense import MENet
-    from menet.reproduce import EvaluationSpec, build_attacks
-    from menet.runs import load_model
+def feature_sets(figure: Mapping[str, Any], recipe: Recipe, root: Path
+                 ) -> tuple[dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], int, Mapping[str, Any]]:
+    """({"clean" | CONDITION: {model label: (features, labels)}}, images, the attack's settings) for
+    Figs. 4 and 5, read from the features the figure's evaluation stored for each of its runs.
 
-    models = dict(figure["models"])  # label -> run
-    first = recipe.runs[next(iter(models.values()))]
-    images, labels = _load_test(first.dataset, data_dirs, int(figure.get("images", 1000)), first.verify_checksums,
-                                [root / run for run in [*models.values(), figure["source"]]])
-    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    x = (images.to(torch.float32) / 255.0).to(dev)
-    y = labels.to(dev)
-    source = load_model(root / figure["source"]).to(dev)
-    settings = dict(figure["attack"])
-    spec = EvaluationSpec("figure", (), {"attack": settings})
-    attack = build_attacks(spec, None)["attack"]
-    seed = int(figure.get("seed", 0))
-    adv = attack(source, x, y, generator=torch.Generator().manual_seed(seed))
-    out: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {"clean": {}, "transfer attack": {}}
-    for label, run in models.items():
-        model = load_model(root / run, generator=torch.Generator().manual_seed(seed)).to(dev)
-        with torch.no_grad():
-            for condition, inputs in (("clean", x), ("transfer attack", adv)):
-                if isinstance(model, MENet):
-                    feats = model.classifier.features(model.preprocess(inputs))
-                else:
-                    feats = model.features(inputs)
-                out[condition][label] = (feats.cpu().numpy(), labels.numpy())
-    return out, len(labels)
+    CONDITION is "transfer attack" when the evaluation crafts its examples on another run,
+    else "white-box attack". MissingFeatures (one line, naming the step) when a file is absent,
+    unreadable or of other weights than the run's model.pt."""
+    tag, _, attack = str(figure["features"]).partition("/")
+    spec = next(e for e in recipe.evaluations if e.tag == tag)
+    attack = spec.aliases.get(attack, attack)  # a smaller scale may run an identical attack in its place
+    step = (f"the features step of evaluation {tag!r} (`menet reproduce` of recipe {recipe.name!r} makes it; or "
+            f"`menet attack RUN --tag {recipe.name}-{tag} --save-features ...` with the evaluation's attacks)")
+    condition = "transfer attack" if spec.transfer_from else "white-box attack"
+    out: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {"clean": {}, condition: {}}
+    n, settings = 0, {}
+    for label, run in figure["models"].items():
+        path = features_path(root / run / EVAL_DIR, f"{recipe.name}-{tag}")
+        stored = _stored(path, attack, step)
+        if is_stale(root / run, stored.meta.get("inputs", {}).get("model")):
+            raise MissingFeatures(f"{path}: features of other weights than {root / run}/model.pt (trained again since): "
+                                  f"run {step}")
+        out["clean"][label] = (stored.clean, stored.labels)
+        out[condition][label] = (stored.attacks[attack], stored.labels)
+        n, settings = len(stored.labels), stored.meta["attacks"][attack]
+    return out, n, settings
 
 
-def steps_figure(figure: Mapping[str, Any], recipe_name: str, root: Path, out: Path) -> list[str]:
+def _stored(path: Path, attack: str, step: str) -> StoredFeatures:
+    try:
+        stored = read_features(path)
+    except ValueError as err:
+        raise MissingFeatures(f"{err}: run {step}") from None
+    if attack not in stored.attacks:
+        raise MissingFeatures(f"{path}: holds no features of attack {attack!r} (it has {', '.join(stored.attacks)}): "
+                              f"run {step}")
+    return stored
+
+def steps_figure(figure: Mapping[str, Any], recipe_name: str, root: Path, out: Path,
+                 files: ResultFiles | None = None) -> list[str]:
     """Paper Fig. 6: accuracy against attack steps, one panel per dataset, one line per model."""
-    from menet.figures import plot_accuracy_curves
-    from menet.report import run_results
-
     panels: dict[str, dict[str, list[tuple[float, float]]]] = {}
     for panel, series in figure["panels"].items():
         panels[panel] = {}
         for label, where in series.items():
             run, tag = where.split("/")
             # Only the recipe's own result file RECIPE-TAG: a `menet attack --tag TAG` one may have other settings.
-            result = run_results(root / run).get(f"{recipe_name}-{tag}")
+            result = (files or ResultFiles()).current(root / run).get(f"{recipe_name}-{tag}")
             if result is None:
                 continue
             points = []
@@ -151,24 +159,27 @@ def steps_figure(figure: Mapping[str, Any], recipe_name: str, root: Path, out: P
             "Robust accuracy (correct in every scoring draw) against the number of BPDA / PGD steps.", ""]
 
 
-def recipe_figures(recipe: Any, root: Path, out: Path, *, data_dirs: Any = None, device: str | None = None,
-                   say: Callable[[str], None] = print) -> list[str]:
-    """Every figure a recipe asks for, as Markdown lines (the PNGs written into ``out``)."""
+def recipe_figures(recipe: Recipe, root: Path, out: Path, *, data_dirs: Any = None,
+                   say: Callable[[str], None] = print, files: ResultFiles | None = None) -> list[str]:
+    """Every figure a recipe asks for, as Markdown lines (the PNGs written into ``out``).
+
+    A figure that cannot be drawn from what exists (e.g. too few examples of a class at a tiny
+    scale) says so in the report; missing stored features raise MissingFeatures."""
+    files = files or ResultFiles()
     lines: list[str] = []
-    features_cache: dict[str, tuple[dict, int]] = {}  # Figs. 4 and 5 share their features
     for figure in recipe.figures:
         say(f"figure: {figure['kind']}")
         try:
-            lines += _figure(figure, recipe, root, out, features_cache, data_dirs=data_dirs, device=device)
-        except ValueError as err:  # e.g. too few examples of a class at a tiny scale: say so, keep the report
+            lines += _figure(figure, recipe, root, out, files, data_dirs=data_dirs)
+        except MissingFeatures:
+            raise
+        except ValueError as err:
             lines += [f"*(figure {figure['kind']} not drawn: {err})*", ""]
     return lines
 
 
-def _figure(figure: Mapping[str, Any], recipe: Any, root: Path, out: Path, features_cache: dict[str, tuple[dict, int]], *,
-            data_dirs: Any, device: str | None) -> list[str]:
-    from menet.figures import plot_distance_cdfs, plot_tsne
-
+def _figure(figure: Mapping[str, Any], recipe: Recipe, root: Path, out: Path, files: ResultFiles, *,
+            data_dirs: Any) -> list[str]:
     lines: list[str] = []
     kind = figure["kind"]
     if kind == "ranks":
@@ -181,42 +192,42 @@ def _figure(figure: Mapping[str, Any], recipe: Any, root: Path, out: Path, featu
         lines += reconstruction_figure(figure["dataset"], out, data_dirs, seed=int(figure.get("seed", 0)),
                                        verify=bool(figure.get("verify", True)), run_dirs=[root / name for name in recipe.runs])
     elif kind in ("tsne", "distances"):
-        key = repr((sorted(figure["models"].items()), figure["source"], figure["attack"], figure.get("images")))
-        if key not in features_cache:
-            features_cache[key] = feature_sets(figure, recipe, root, data_dirs, device)
-        sets, n = features_cache[key]
+        sets, n, settings = feature_sets(figure, recipe, root)
+        condition = next(c for c in sets if c != "clean")
+        source = next(e for e in recipe.evaluations if e.tag == figure["features"].split("/")[0]).transfer_from
+        crafted = f"crafted on {source}" if source else "white-box"
         if kind == "tsne":
-            panels = {f"{label}, {condition}": value for condition, by_model in sets.items() for label, value in by_model.items()}
+            panels = {f"{label}, {c}": value for c, by_model in sets.items() for label, value in by_model.items()}
             plot_tsne(panels, out / "tsne.png", seed=int(figure.get("seed", 0)))
-            lines += ["### Class separation under a transfer attack (paper Fig. 4)", "", "![t-SNE of penultimate features](tsne.png)", "",
-                      f"t-SNE of the penultimate features of {n} test images, clean and attacked by examples crafted on "
-                      f"{figure['source']} ({_attack_text(figure['attack'])}).", ""]
+            lines += ["### Class separation under attack (paper Fig. 4)", "", "![t-SNE of penultimate features](tsne.png)", "",
+                      f"t-SNE of the penultimate features of {n} test images, clean and attacked ({crafted}; "
+                      f"{_attack_text(settings)}; stored by evaluation {figure['features']}).", ""]
         else:
             plot_distance_cdfs(sets, out / "distances.png")
             lines += ["### Distances within and between classes (paper Fig. 5)", "", "![distance CDFs](distances.png)", "",
                       f"Empirical CDFs of intra-class (solid) and inter-class (dashed) Euclidean distances of the "
-                      f"penultimate features of {n} test images, clean and under the transfer attack.", ""]
+                      f"penultimate features of {n} test images, clean and under the {condition} ({crafted}).", ""]
     elif kind == "steps":
         lines += ["### Robust accuracy against attack steps (paper Fig. 6)", ""]
-        lines += steps_figure(figure, recipe.name, root, out)
+        lines += steps_figure(figure, recipe.name, root, out, files)
     return lines
 
 
 def _attack_text(settings: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in settings.items())
+    """The attack's settings in words; a transfer attack by the attack it transfers."""
+    inner = settings.get("of", settings) if settings.get("attack") == "transfer" else settings
+    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in inner.items()
+                     if k not in ("max_batch",))
 
 
-def run_figures(runs: Mapping[str, Path], out: Path) -> list[str]:
+def run_figures(runs: Mapping[str, Path], out: Path, files: ResultFiles | None = None) -> list[str]:
     """Sanity-check curves for ``menet report RUN_DIR...``: accuracy against eps and steps."""
-    from menet.figures import plot_accuracy_curves
-    from menet.report import _records, run_results
-
     lines: list[str] = []
     for axis, label in (("eps", "accuracy-vs-eps.png"), ("steps", "accuracy-vs-steps.png")):
         panels: dict[str, dict[str, list[tuple[float, float]]]] = {}
         for name, path in runs.items():
             series: dict[str, list[tuple[float, float]]] = {}
-            for r in _records(run_results(path)):
+            for r in records((files or ResultFiles()).current(path)):
                 if r["attack"] != "pgd" or r["transfer"] or r[axis] is None:
                     continue
                 fixed = "steps" if axis == "eps" else "eps"

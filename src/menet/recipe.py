@@ -1,0 +1,381 @@
+"""Paper recipes, as data: the schema (``Recipe``, ``EvaluationSpec``), reading a recipe file
+and checking every field of it before any work, so that a bad recipe fails at once, naming the
+recipe and the field.
+
+A recipe (YAML, see recipes/table1.yaml) has:
+
+- ``runs``: name -> a training config: ``{base: train/X.yaml, set: {field: value, ...}}`` (the
+  base relative to the recipe, dotted fields for defense.* and attack.*), or inline fields;
+- ``evaluations``: tag -> ``{runs: [...], attacks: {name: {attack: pgd, steps: 40, ...}},
+  transfer_from: run, eps: 8/255, step_size: 2/255, draws: 1, images: 10000, seed: 0,
+  gradient: bpda, features: false}`` (eps / step_size are defaults for every attack of the
+  evaluation; ``features: true`` also stores the penultimate features of the clean and attacked
+  images beside each result, for Figs. 4 and 5);
+- ``tables``: ``{title, columns, rows: [{label, cells: [run/tag/attack or null], paper:
+  [numbers or null], adaptive: [run/tag/attack or null]}], note}``: the paper's layout; a cell
+  names an evaluation result ("clean" for clean accuracy), ``paper`` the paper's number;
+- ``figures``: ``{kind: ranks | reconstructions | tsne | distances | steps, ...}``; tsne and
+  distances figures name the stored features they draw: ``features: tag/attack`` of an
+  evaluation with ``features: true``.
+
+Scaling a recipe down is ``menet.scaling``; running it is ``menet.reproduce``. Attack settings
+are checked by building the attacks (``menet.attack_settings``, imported when a recipe is
+checked, so reading this module loads no torch).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from menet.config import ConfigError, TrainConfig, config_from_dict, load_recipe
+
+FIGURE_KINDS = ("ranks", "reconstructions", "tsne", "distances", "steps")
+
+
+class RecipeError(ValueError):
+    """A recipe is malformed; the message names the recipe and the field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationSpec:
+    """One evaluation of a recipe: the same attacks on each of ``runs``."""
+
+    tag: str
+    runs: tuple[str, ...]
+    attacks: dict[str, dict[str, Any]]  # name -> {attack: registered name, setting: value, ...}
+    transfer_from: str | None = None
+    draws: int = 1
+    images: int | None = None
+    seed: int = 0
+    gradient: str = "bpda"
+    batch_size: int = 256
+    features: bool = False  # also store penultimate features of clean and attacked images (Figs. 4, 5)
+    # Attacks that a smaller scale made identical to another of the evaluation: name -> the
+    # name that is run in its place (tables read the kept one's result).
+    aliases: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """A paper table or figure: runs, evaluations, tables and figures (see the module docstring)."""
+
+    name: str
+    title: str
+    runs: dict[str, TrainConfig]
+    evaluations: tuple[EvaluationSpec, ...]
+    tables: tuple[dict[str, Any], ...]
+    figures: tuple[dict[str, Any], ...]
+    notes: str = ""
+
+
+def _fraction(value: Any, where: str) -> float:
+    if isinstance(value, str) and "/" in value:
+        top, bottom = value.split("/", 1)
+        try:
+            return float(top) / float(bottom)
+        except (ValueError, ZeroDivisionError):
+            pass
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise RecipeError(f"{where} must be a number or a fraction like 8/255, got {value!r}")
+
+
+def set_field(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """data[a][b] = value for the dotted field "a.b" (sections made where missing)."""
+    *parents, leaf = dotted.split(".")
+    for parent in parents:
+        data = data.setdefault(parent, {})
+    data[leaf] = value
+
+
+def get_field(data: dict[str, Any], dotted: str) -> Any:
+    """data[a][b] for the dotted field "a.b", or None where it is missing."""
+    for part in dotted.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return None
+        data = data[part]
+    return data
+
+
+def _run_config(name: str, spec: Any, folder: Path, where: str) -> dict[str, Any]:
+    if not isinstance(spec, dict):
+        raise RecipeError(f"{where}: run {name!r} must be a mapping (base/set or config fields)")
+    spec = dict(spec)
+    data: dict[str, Any] = {}
+    if "base" in spec:
+        try:
+            data = load_recipe(folder / spec.pop("base"))
+        except ConfigError as err:
+            raise RecipeError(f"{where}: run {name!r}: {err}") from None
+    overrides = spec.pop("set", {}) or {}
+    data = copy.deepcopy(data)
+    for key, value in {**spec, **overrides}.items():
+        set_field(data, key, value)
+    data["name"] = name
+    # A base's sections that this run's mode ignores (e.g. the attack of an adversarial base
+    # reused for a vanilla run) are dropped, not carried along unused.
+    mode = data.get("mode", "vanilla")
+    if mode in ("vanilla", "madry"):
+        data.pop("defense", None)
+    if mode in ("vanilla", "menet"):
+        data.pop("attack", None)
+    return data
+
+
+def load_paper_recipe(path: str | Path) -> Recipe:
+    """Read and check a paper recipe (YAML, safe_load); RecipeError names what is wrong."""
+    path = Path(path)
+    where = str(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise RecipeError(f"{where}: recipe not found") from None
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{where}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(data, dict) or "runs" not in data:
+        raise RecipeError(f"{where}: a paper recipe is a mapping with runs, evaluations, tables and figures "
+                          "(training configs go to `menet train`)")
+    unknown = sorted(set(data) - {"title", "runs", "evaluations", "tables", "figures", "notes"})
+    if unknown:
+        raise RecipeError(f"{where}: unknown key(s) {', '.join(unknown)}")
+    for key, kind, example in (("runs", dict, "a mapping of run name to config"),
+                               ("evaluations", dict, "a mapping of tag to evaluation"),
+                               ("tables", list, "a list of tables"), ("figures", list, "a list of figures")):
+        if data.get(key) is not None and not isinstance(data[key], kind):
+            raise RecipeError(f"{where}: {key} must be {example}, got {type(data[key]).__name__}")
+    runs: dict[str, TrainConfig] = {}
+    for name, spec in (data.get("runs") or {}).items():
+        try:
+            config = config_from_dict(_run_config(name, spec, path.parent, where))
+            config.validate()
+        except ConfigError as err:
+            raise RecipeError(f"{where}: run {name!r}: {err}") from None
+        runs[name] = config
+    evaluations = tuple(_evaluation(tag, spec, runs, where) for tag, spec in (data.get("evaluations") or {}).items())
+    # A cell run/tag/attack must name a run that the evaluation tag attacks, and one of its attacks.
+    known_cells = {f"{run}/{e.tag}/{name}" for e in evaluations for run in e.runs
+                   for name in [*e.attacks, "clean", "worst case"]}
+    tables = tuple(_table(table, known_cells, where) for table in data.get("tables") or ())
+    figures = tuple(_figure(figure, runs, evaluations, where) for figure in data.get("figures") or ())
+    return Recipe(path.stem, str(data.get("title", path.stem)), runs, evaluations, tables, figures, str(data.get("notes", "")))
+
+
+def _evaluation(tag: str, spec: Any, runs: Mapping[str, TrainConfig], where: str) -> EvaluationSpec:
+    from menet.attack_settings import attack_fields  # attacks load torch: only when a recipe is checked
+
+    if not isinstance(spec, dict):
+        raise RecipeError(f"{where}: evaluation {tag!r} must be a mapping")
+    spec = dict(spec)
+    targets = spec.pop("runs", None)
+    if not isinstance(targets, list) or not targets or not all(isinstance(run, str) for run in targets):
+        raise RecipeError(f"{where}: evaluation {tag!r}: runs must be a non-empty list of run names, got {targets!r}")
+    targets = tuple(targets)
+    for run in [*targets, spec.get("transfer_from")]:
+        if run is not None and (not isinstance(run, str) or run not in runs):
+            raise RecipeError(f"{where}: evaluation {tag!r} names run {run!r}, which the recipe does not define")
+    defaults = {k: _fraction(spec.pop(k), f"{where}: evaluation {tag!r}: {k}") for k in ("eps", "step_size") if k in spec}
+    attacks = {}
+    given = spec.pop("attacks", {}) or {}
+    if not isinstance(given, dict):
+        raise RecipeError(f"{where}: evaluation {tag!r}: attacks must be a mapping of name to settings, got {given!r}")
+    for name, settings in given.items():
+        if settings is not None and not isinstance(settings, dict):
+            raise RecipeError(f"{where}: evaluation {tag!r}: attack {name!r} must be a mapping of settings, got {settings!r}")
+        settings = dict(settings or {})
+        kind = settings.pop("attack", name)
+        try:
+            fields = attack_fields(kind)
+        except (ValueError, TypeError) as err:
+            raise RecipeError(f"{where}: evaluation {tag!r}: {err}") from None
+        merged = {k: v for k, v in defaults.items() if k in fields}
+        for key, value in settings.items():
+            merged[key] = _fraction(value, f"{where}: {tag}.{name}.{key}") if key in ("eps", "step_size") else value
+        attacks[name] = {"attack": kind, **merged}
+        _check_attack(attacks[name], f"{where}: evaluation {tag!r}: attack {name!r}")
+    allowed = {"transfer_from", "draws", "images", "seed", "gradient", "batch_size", "features"}
+    unknown = sorted(set(spec) - allowed)
+    if unknown:
+        raise RecipeError(f"{where}: evaluation {tag!r}: unknown key(s) {', '.join(unknown)}")
+    for key, low in (("draws", 1), ("images", 1), ("seed", 0), ("batch_size", 1)):
+        if key in spec and not (key == "images" and spec[key] is None):
+            _check_int(spec[key], low, f"{where}: evaluation {tag!r}: {key}")
+    if "features" in spec and not isinstance(spec["features"], bool):
+        raise RecipeError(f"{where}: evaluation {tag!r}: features must be true or false, got {spec['features']!r}")
+    if "gradient" in spec:
+        from menet.defense import GRADIENTS
+
+        if spec["gradient"] not in GRADIENTS:
+            raise RecipeError(f"{where}: evaluation {tag!r}: gradient must be one of {', '.join(GRADIENTS)}, "
+                              f"got {spec['gradient']!r}")
+    return EvaluationSpec(tag, targets, attacks, **spec)
+
+
+def _check_int(value: Any, low: int, where: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise RecipeError(f"{where} must be an integer >= {low}, got {value!r}")
+
+
+def _check_attack(settings: dict[str, Any], where: str) -> None:
+    """Build the attack as a run will (``build_attacks``), so that bad settings fail at load time."""
+    from menet.attack_settings import attack_fields, build_attacks
+
+    kind = settings["attack"]
+    try:
+        fields = attack_fields(kind)
+    except (ValueError, TypeError) as err:
+        raise RecipeError(f"{where}: {err}") from None
+    if "eot" in settings:
+        if "eot" not in fields:
+            raise RecipeError(f"{where}: eot averages gradients, but attack {kind!r} uses none")
+        _check_int(settings["eot"], 1, f"{where}: eot")
+    try:
+        build_attacks({"attack": dict(settings)})
+    except (ValueError, TypeError) as err:
+        raise RecipeError(f"{where}: {err}") from None
+
+
+_TABLE_KEYS = {"title", "columns", "rows", "note"}
+_ROW_KEYS = {"label", "cells", "paper", "adaptive"}
+
+
+def _table(table: Any, known_cells: set[str], where: str) -> dict[str, Any]:
+    """A table of the recipe, checked: one cell, paper number and adaptive cell per column."""
+    if not isinstance(table, dict):
+        raise RecipeError(f"{where}: each table must be a mapping with title, columns and rows, got {table!r}")
+    at = f"{where}: table {table.get('title')!r}"
+    unknown = sorted(set(table) - _TABLE_KEYS)
+    if unknown:
+        raise RecipeError(f"{at}: unknown key(s) {', '.join(map(str, unknown))}; valid: {', '.join(sorted(_TABLE_KEYS))}")
+    if "title" not in table:
+        raise RecipeError(f"{at}: title missing")
+    columns, rows = table.get("columns"), table.get("rows")
+    if not isinstance(columns, list) or not columns:
+        raise RecipeError(f"{at}: columns must be a non-empty list of column names, got {columns!r}")
+    if not isinstance(rows, list) or not rows:
+        raise RecipeError(f"{at}: rows must be a non-empty list of rows, got {rows!r}")
+    for row in rows:
+        if not isinstance(row, dict) or "label" not in row:
+            raise RecipeError(f"{at}: each row must be a mapping with a label, got {row!r}")
+        unknown = sorted(set(row) - _ROW_KEYS)
+        if unknown:
+            raise RecipeError(f"{at}: row {row['label']!r}: unknown key(s) {', '.join(map(str, unknown))}; "
+                              f"valid: {', '.join(sorted(_ROW_KEYS))}")
+        for key in ("cells", "paper", "adaptive"):
+            values = row.get(key)
+            if values is None:
+                continue
+            if not isinstance(values, list) or len(values) != len(columns):
+                raise RecipeError(f"{at}: row {row['label']!r}: {key} must list one entry (or null) for each of the "
+                                  f"{len(columns)} columns, got {values!r}")
+            for value in values:
+                if value is None:
+                    continue
+                if key == "paper":
+                    if isinstance(value, bool) or not isinstance(value, (int, float)):
+                        raise RecipeError(f"{at}: row {row['label']!r}: paper values must be numbers (percent) or null, "
+                                          f"got {value!r}")
+                elif value not in known_cells:
+                    raise RecipeError(f"{at}: row {row['label']!r}: cell {value!r} names no run/evaluation/attack of the "
+                                      "recipe (run/tag/attack, with the run among the evaluation's runs)")
+    return table
+
+
+# Per figure kind: the keys it requires and those it may have (besides kind and verify).
+_FIGURE_KEYS = {
+    "ranks": ({"datasets"}, {"images"}),
+    "reconstructions": ({"dataset"}, {"seed"}),
+    "tsne": ({"models", "features"}, {"seed"}),
+    "distances": ({"models", "features"}, {"seed"}),
+    "steps": ({"panels"}, {"file"}),
+}
+
+
+def _figure(figure: Any, runs: Mapping[str, TrainConfig], evaluations: tuple[EvaluationSpec, ...], where: str
+            ) -> dict[str, Any]:
+    """A figure of the recipe, checked against the recipe's runs and evaluations."""
+    from menet.data import DATASETS
+
+    if not isinstance(figure, dict):
+        raise RecipeError(f"{where}: each figure must be a mapping with a kind, got {figure!r}")
+    kind = figure.get("kind")
+    if kind not in FIGURE_KINDS:
+        raise RecipeError(f"{where}: figure kind {kind!r}; valid: {', '.join(FIGURE_KINDS)}")
+    figure = copy.deepcopy(figure)
+    at = f"{where}: figure {kind}"
+    required, optional = _FIGURE_KEYS[kind]
+    missing = sorted(required - set(figure))
+    if missing:
+        raise RecipeError(f"{at}: missing {', '.join(missing)} (a {kind} figure needs {', '.join(sorted(required))})")
+    unknown = sorted(set(figure) - required - optional - {"kind", "verify"})
+    if unknown:
+        raise RecipeError(f"{at}: unknown key(s) {', '.join(map(str, unknown))}; "
+                          f"valid: {', '.join(sorted(required | optional | {'kind', 'verify'}))}")
+    if "verify" in figure and not isinstance(figure["verify"], bool):
+        raise RecipeError(f"{at}: verify must be true or false, got {figure['verify']!r}")
+    for key, low in (("images", 1), ("seed", 0)):
+        if key in figure:
+            _check_int(figure[key], low, f"{at}: {key}")
+
+    def dataset(name: Any, key: str) -> None:
+        if not isinstance(name, str) or name not in DATASETS:
+            raise RecipeError(f"{at}: {key}: unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
+
+    def run(name: Any, key: str) -> str:
+        if not isinstance(name, str) or name not in runs:
+            raise RecipeError(f"{at}: {key} names run {name!r}, which the recipe does not define")
+        return name
+
+    if kind == "ranks":
+        if not isinstance(figure["datasets"], list) or not figure["datasets"]:
+            raise RecipeError(f"{at}: datasets must be a non-empty list of dataset names, got {figure['datasets']!r}")
+        for name in figure["datasets"]:
+            dataset(name, "datasets")
+    elif kind == "reconstructions":
+        dataset(figure["dataset"], "dataset")
+    elif kind in ("tsne", "distances"):
+        models = figure["models"]
+        if not isinstance(models, dict) or not models:
+            raise RecipeError(f"{at}: models must be a non-empty mapping of label to run, got {models!r}")
+        for name in models.values():
+            run(name, "models")
+        source = figure["features"]
+        tag, _, attack = source.partition("/") if isinstance(source, str) else ("", "", "")
+        spec = next((e for e in evaluations if e.tag == tag), None)
+        if spec is None or attack not in spec.attacks:
+            raise RecipeError(f"{at}: features must name tag/attack of an evaluation of the recipe, like "
+                              f"transfer/pgd7, got {source!r}")
+        if not spec.features:
+            raise RecipeError(f"{at}: features {source!r}: evaluation {tag!r} stores no features: add features: true to it")
+        missing = [name for name in models.values() if name not in spec.runs]
+        if missing:
+            raise RecipeError(f"{at}: features {source!r}: evaluation {tag!r} does not evaluate {', '.join(missing)}")
+    elif kind == "steps":
+        panels = figure["panels"]
+        if not isinstance(panels, dict) or not panels:
+            raise RecipeError(f"{at}: panels must be a non-empty mapping of panel to {{label: run/tag}}, got {panels!r}")
+        attacked = {f"{name}/{e.tag}" for e in evaluations for name in e.runs}
+        for panel, series in panels.items():
+            if not isinstance(series, dict) or not series:
+                raise RecipeError(f"{at}: panel {panel!r} must be a non-empty mapping of label to run/tag, got {series!r}")
+            for label, source in series.items():
+                if source not in attacked:
+                    raise RecipeError(f"{at}: panel {panel!r}: {label!r}: {source!r} names no run/evaluation of the "
+                                      "recipe (run/tag, with the run among the evaluation's runs)")
+        if "file" in figure and (not isinstance(figure["file"], str) or not figure["file"].endswith(".png")):
+            raise RecipeError(f"{at}: file must be a PNG file name, got {figure['file']!r}")
+    return figure
+
+
+
+
+def data_dir_for(dataset: str, data_dirs: Mapping[str, str] | str | None) -> str | None:
+    """The data directory for ``dataset``: one for all (--data-dir DIR), or per dataset (NAME=DIR)."""
+    if data_dirs is None or isinstance(data_dirs, str):
+        return data_dirs
+    return data_dirs.get(dataset)
