@@ -66,7 +66,8 @@ def _data_dirs(items: list[str] | None) -> dict[str, str] | str | None:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from menet.reproduce import load_paper_recipe, reproduce
+    from menet.recipe import load_paper_recipe
+    from menet.reproduce import reproduce
 
     recipe = load_paper_recipe(args.recipe)
     runs = Path(args.runs) / f"paper-{args.scale}"
@@ -263,6 +264,12 @@ def _cmd_attack(args: argparse.Namespace) -> int:
 
         print(format_table(result), end="")
         print(f"wrote {store.json_path} and {store.md_path}")
+        if args.save_features:  # Figs. 4 and 5 of a report draw these (the attacks are run once more)
+            from menet.features_store import features_path, save_features
+
+            path = save_features(features_path(run / EVAL_DIR, tag), model, images, labels, attacks, seed=args.seed,
+                                 batch_size=args.batch_size, device=place.device, inputs=inputs, tag=tag)
+            print(f"wrote {path}")
     return 0
 
 
@@ -383,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     attack.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other attack setting")
     attack.add_argument("--eot", type=int, help="average each gradient over this many mask draws (EOT)")
     attack.add_argument("--draws", type=int, default=1, help="scoring draws per example: robust only if correct in all (default 1)")
+    attack.add_argument("--save-features", dest="save_features", action="store_true",
+                        help="also store the penultimate features of the clean and attacked images in "
+                        "RUN_DIR/eval/TAG.features.npz (for Figs. 4 and 5 of a report; runs the attacks once more)")
     attack.add_argument("--cascade", action="store_true", help="attack only examples no earlier attack broke (AutoAttack's way)")
     attack.add_argument("--transfer-from", metavar="OTHER_RUN", help="craft the examples on this run's model (transfer attack)")
     attack.add_argument("--gradient", choices=["bpda", "exact"], default="bpda", help="how gradients pass the defense (default bpda)")
