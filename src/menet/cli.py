@@ -124,7 +124,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides.append("amp=true")
     data = apply_overrides(data, overrides)
     if "name" not in data:  # no recipe and no --name: a name from what is trained
-        data["name"] = "-".join(str(data.get(k, default)) for k, default in
+        data["name"] = "-".join(str(data.get(k, default)).replace(":", "-") for k, default in  # mynet:build -> mynet-build
                                 (("dataset", "fashion-mnist"), ("model", "lenet"), ("mode", "vanilla")))
     config = config_from_dict(data)
     torch.manual_seed(config.seed)
@@ -273,6 +273,16 @@ def _cmd_attack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_import_run(args: argparse.Namespace) -> int:
+    from menet.import_run import import_config, import_run
+
+    config = import_config(model=args.model, weights=args.weights, dataset=args.dataset, name=args.name,
+                           defense=args.defense, p=args.p, layout=args.layout, overrides=args.set)
+    run = import_run(config, args.weights, args.runs, device=args.device)
+    print(f"wrote {run} (imported from {args.weights}; menet attack and menet report work on it)")
+    return 0
+
+
 def _print_epoch(row: dict) -> None:
     test = "" if row["test_accuracy"] is None else f", test accuracy {row['test_accuracy']:.4f}"
     print(f"epoch {row['epoch']}: loss {row['loss']:.4f}, accuracy {row['accuracy']:.4f}{test}, "
@@ -409,6 +419,26 @@ def build_parser() -> argparse.ArgumentParser:
     attack.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA if available)")
     attack.add_argument("--quiet", action="store_true", help="no progress bars")
     attack.set_defaults(func=_cmd_attack)
+
+    imp = sub.add_parser("import-run", help="a run folder from weights trained elsewhere (your own network)",
+                         description="Make RUNS/NAME/ (config.yaml, model.pt, history) from a state dict trained "
+                         "elsewhere, so that menet attack and menet report work on it; marked as imported.",
+                         epilog="example:\n  menet import-run --model mynet:build --weights mynet.pt --dataset fashion-mnist "
+                         "--defense usvt --p 0.5 --name mynet", formatter_class=argparse.RawDescriptionHelpFormatter)
+    imp.add_argument("--model", required=True, metavar="NAME|package.module:factory",
+                     help="a registered model (menet models) or an importable callable returning an nn.Module on [0, 1] images")
+    imp.add_argument("--weights", required=True, metavar="FILE.pt", help="its state dict: torch.save(model.state_dict(), FILE)")
+    imp.add_argument("--dataset", required=True, help="the dataset it was trained on (its test split is attacked)")
+    imp.add_argument("--name", required=True, help="run name (RUNS/NAME)")
+    imp.add_argument("--runs", default="runs", help="directory holding the runs (default: runs)")
+    imp.add_argument("--defense", metavar="METHOD", help="deploy it behind ME-Net with this estimator (usvt, softimpute, "
+                     "nucnorm); default: the plain network")
+    imp.add_argument("--p", type=float, help="the defense's inference keep-probability (default: the config's)")
+    imp.add_argument("--layout", help="the defense's matrix layout: concat (default) or separate")
+    imp.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="any other config field, e.g. --set defense.options.rank_fraction=0.5 --set model_options.width=64")
+    imp.add_argument("--device", default=None, help="where to check the network on two blank images (default: cpu)")
+    imp.set_defaults(func=_cmd_import_run)
 
     models = sub.add_parser("models", help="the model registry with parameter counts")
     models.set_defaults(func=_cmd_models)

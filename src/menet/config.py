@@ -85,6 +85,7 @@ class TrainConfig:
     test_limit: int | None = None  # evaluate on the first N test images only (quick runs, tests)
     data_dir: str | None = None
     verify_checksums: bool = True  # check the data files against the published checksums
+    imported_from: str | None = None  # set by menet import-run: the weights file (and its SHA-256); not trained here
     defense: DefenseConfig = field(default_factory=DefenseConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     model_options: dict[str, Any] = field(default_factory=dict)
@@ -100,12 +101,14 @@ class TrainConfig:
         from menet.estimation import METHODS
         from menet.estimation.layout import LAYOUTS
         from menet.models import model_names
+        from menet.models.custom import is_factory_path
 
         checks = [
             ("name", isinstance(self.name, str) and re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]*", self.name) is not None,
              "a run name of letters, digits, '.', '_' and '-' (a folder name, not a path)"),
             ("dataset", self.dataset in DATASETS, f"one of {', '.join(DATASETS)}"),
-            ("model", self.model in model_names(), f"one of {', '.join(model_names())}"),
+            ("model", self.model in model_names() or is_factory_path(self.model),
+             f"one of {', '.join(model_names())}, or package.module:factory (your own network)"),
             ("mode", self.mode in MODES, f"one of {', '.join(MODES)}"),
             ("epochs", _int(self.epochs) and self.epochs >= 0, "an int >= 0"),
             ("batch_size", _int(self.batch_size) and self.batch_size >= 1, "an int >= 1"),
@@ -125,6 +128,7 @@ class TrainConfig:
             ("eval_every", _int(self.eval_every) and self.eval_every >= 0, "an int >= 0"),
             ("test_limit", self.test_limit is None or (_int(self.test_limit) and self.test_limit >= 1), "an int >= 1 or null"),
             ("data_dir", self.data_dir is None or isinstance(self.data_dir, str), "a path or null"),
+            ("imported_from", self.imported_from is None or isinstance(self.imported_from, str), "a text or null"),
             ("model_options", isinstance(self.model_options, dict), "a mapping"),
             ("defense.method", self.defense.method in METHODS, f"one of {', '.join(METHODS)}"),
             ("defense.layout", self.defense.layout in LAYOUTS, f"one of {', '.join(LAYOUTS)}"),
@@ -144,11 +148,18 @@ class TrainConfig:
         self.defense_options()  # estimator option names and values
         from menet.models import build_model_for_dataset
 
-        try:  # on the meta device: no memory, no weight init, the caller's RNG untouched
-            with torch.device("meta"):
-                build_model_for_dataset(self.model, self.dataset, **self.model_options)
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"config field model_options does not suit {self.model}: {err}") from None
+        if is_factory_path(self.model):  # your own network: imported, built and run on two blank images
+            try:
+                with torch.random.fork_rng():  # the caller's RNG untouched
+                    build_model_for_dataset(self.model, self.dataset, **self.model_options)
+            except ValueError as err:
+                raise ConfigError(f"config field model: {err}") from None
+        else:
+            try:  # on the meta device: no memory, no weight init, the caller's RNG untouched
+                with torch.device("meta"):
+                    build_model_for_dataset(self.model, self.dataset, **self.model_options)
+            except (TypeError, ValueError) as err:
+                raise ConfigError(f"config field model_options does not suit {self.model}: {err}") from None
         if not self.defended and self.defense != DefenseConfig(p_infer=self.defense.p_infer):
             log.warning("mode %s ignores the defense section (it applies to menet and menet-adv)", self.mode)
         if self.mode in ("vanilla", "menet") and self.attack != AttackConfig():

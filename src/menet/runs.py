@@ -46,11 +46,13 @@ def deployed_model(config: TrainConfig, network: nn.Module, generator: torch.Gen
 def config_header(config: TrainConfig) -> str:
     """Comment lines for config.yaml: the mode and, for ME-Net modes, the defense in words."""
     lines = [f"# menet run {config.name!r}: mode {config.mode}, {config.model} on {config.dataset}"]
+    if config.imported_from is not None:
+        lines.append(f"# imported by menet import-run from {config.imported_from}: trained elsewhere, not by menet")
     if config.defended:
         d = config.defense
         rule = get_method(d.method).rule(d.options)
-        lines.append(f"# defense: {d.method}" + (f", {rule}" if rule else "")
-                     + f"; training p in [{d.train_ps()[0]:g}, {d.p_end:g}], inference p {d.inference_p():g}")
+        trained = "" if config.imported_from is not None else f"; training p in [{d.train_ps()[0]:g}, {d.p_end:g}]"
+        lines.append(f"# defense: {d.method}" + (f", {rule}" if rule else "") + f"{trained}, inference p {d.inference_p():g}")
     return "\n".join(lines) + "\n"
 
 

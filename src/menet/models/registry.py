@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from torch import nn
 
 from menet.models.base import Normalize
+from menet.models.custom import build_custom, check_output, is_factory_path
 
 _CONSTRUCTORS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -55,10 +56,18 @@ def build_model(
 
 
 def build_model_for_dataset(name: str, dataset: str, **kwargs: int | float) -> nn.Module:
-    """Build model ``name`` with the classes, channels and normalisation of ``dataset``."""
+    """Build model ``name`` with the classes, channels and normalisation of ``dataset``.
+
+    ``name`` may also be ``package.module:factory`` (see ``menet.models.custom``): the factory
+    is called with ``kwargs`` and its model checked on two blank images of the dataset's shape.
+    """
     from menet.data.registry import get_dataset_spec
 
     spec = get_dataset_spec(dataset)
+    if is_factory_path(name):
+        model = build_custom(name, **kwargs)
+        check_output(model, name, spec.image_shape, spec.num_classes)
+        return model
     if name == "lenet":
         kwargs.setdefault("image_size", spec.image_shape[1])
     return build_model(name, spec.num_classes, spec.image_shape[0], spec.mean, spec.std, **kwargs)
