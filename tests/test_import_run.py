@@ -192,3 +192,25 @@ def test_a_factory_model_trains_from_the_cli_and_bad_ones_fail_before_any_work(o
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "config field model" in err and "(2, 7)" in err
     assert not (tmp_path / "runs" / "bad").exists()
+
+
+def test_a_recipe_run_may_name_a_factory(own):
+    from menet.recipe import load_paper_recipe
+
+    tmp_path, _ = own
+    (tmp_path / "train.yaml").write_text("dataset: fashion-mnist\nmodel: lenet\nepochs: 1\n")
+    (tmp_path / "recipe.yaml").write_text(f"""title: own network
+runs:
+  mine: {{base: train.yaml, set: {{model: "{MODULE}:build", model_options: {{width: 8}}}}}}
+  bad: {{base: train.yaml, set: {{model: "{MODULE}:seven_classes"}}}}
+evaluations:
+  clean: {{runs: [mine], attacks: {{fgsm: {{attack: fgsm}}}}}}
+tables:
+  - {{title: t, columns: [FGSM], rows: [{{label: mine, cells: [mine/clean/fgsm]}}]}}
+""")
+    with pytest.raises(ValueError, match=r"\(2, 7\)"):  # the recipe is checked before anything runs
+        load_paper_recipe(tmp_path / "recipe.yaml")
+    text = (tmp_path / "recipe.yaml").read_text()
+    (tmp_path / "recipe.yaml").write_text("\n".join(line for line in text.splitlines() if "bad:" not in line))
+    recipe = load_paper_recipe(tmp_path / "recipe.yaml")
+    assert recipe.runs["mine"].model == f"{MODULE}:build" and recipe.runs["mine"].model_options == {"width": 8}
