@@ -71,6 +71,12 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
     recipe = load_paper_recipe(args.recipe)
     runs = Path(args.runs) / f"paper-{args.scale}"
+    if args.plan:  # what would be run, marked done or not, with a cost estimate measured here
+        from menet.plan import format_plan, plan
+
+        steps, rates = plan(recipe, runs, scale=args.scale, data_dirs=_data_dirs(args.data_dir), device=args.device)
+        print(format_plan(recipe.name, args.scale, runs, steps, rates))
+        return 0
     report = reproduce(recipe, runs, scale=args.scale, data_dirs=_data_dirs(args.data_dir), device=args.device,
                        say=_say(args.quiet), progress=_progress(args.quiet))
     print(f"wrote {report}")
@@ -346,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="where the datasets' files are (one for all, or NAME=DIR per dataset)")
     reproduce.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA if available)")
     reproduce.add_argument("--quiet", action="store_true", help="no progress lines or bars")
+    reproduce.add_argument("--plan", action="store_true", help="run nothing: list the runs to train and the evaluations "
+                           "to run (marking what exists) with a cost estimate measured on this machine")
     reproduce.set_defaults(func=_cmd_reproduce)
 
     report = sub.add_parser("report", help="a report (tables, sanity checks, figures) of trained and attacked runs")
