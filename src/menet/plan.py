@@ -83,7 +83,7 @@ def measure_rates(recipe: Recipe, device: torch.device, *, batch: int = 32, repe
     dataset's shape, freshly initialised networks: speed does not depend on the weights)."""
     step: dict[str, float] = {}
     estimator: dict[str, float] = {}
-    generator = torch.Generator(device=device).manual_seed(0)
+    generator = torch.Generator().manual_seed(0)  # on the CPU, as the evaluation's mask generators
     for name, config in recipe.runs.items():
         shape = get_dataset_spec(config.dataset).image_shape
         key = _network_key(config)
@@ -91,7 +91,7 @@ def measure_rates(recipe: Recipe, device: torch.device, *, batch: int = 32, repe
             network = build_model_for_dataset(config.model, config.dataset, **config.model_options).to(device)
             optimiser = torch.optim.SGD(network.parameters(), lr=0.0)
             n = min(batch, config.batch_size)
-            x = torch.rand((n, *shape), device=device, generator=generator)
+            x = torch.rand((n, *shape), generator=generator).to(device)
             y = torch.zeros(n, dtype=torch.int64, device=device)
 
             def train_step() -> None:
@@ -102,7 +102,7 @@ def measure_rates(recipe: Recipe, device: torch.device, *, batch: int = 32, repe
             step[key] = _time(train_step, repeats) / n
         if config.defended:
             defense = build_defense(config, generator=generator)
-            x = torch.rand((min(batch, 16), *shape), device=device, generator=generator)
+            x = torch.rand((min(batch, 16), *shape), generator=generator).to(device)
             with torch.no_grad():
                 estimator[name] = _time(lambda: defense(x), repeats) / len(x)
     return Rates(device_name(device), step, estimator)
