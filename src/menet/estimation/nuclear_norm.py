@@ -1,12 +1,24 @@
-"""Nuclear-norm minimisation for matrix completion, batched: FISTA with restart.
+"""Nuclear-norm minimisation for matrix completion, batched: ADMM, then FISTA to the stop.
 
 Solves, for each matrix, min_X mu * ||X||_* + ||mask * (X - a)||_F^2 (the problem the
 original ME-Net code passed to cvxpy/SCS per image). This objective is twice
-F(X) = 0.5 ||mask * (X - a)||^2 + tau ||X||_* with tau = mu / 2, whose smooth part has a
-1-Lipschitz gradient, so accelerated proximal gradient with step 1 and singular value soft
-thresholding at tau applies.
+F(X) = 0.5 ||mask * (X - a)||^2 + tau ||X||_* with tau = mu / 2.
 
-Stopping rule: a matrix stops when the relative change of its iterate,
+Two phases, each matrix on its own:
+1. ADMM on the split X = Y (Y carries the data term, X the nuclear norm), with penalty
+   rho = ADMM_RHO * tau * (observed fraction) and over-relaxation RELAX. Measured on real
+   images it needs about half of FISTA's iterations (32 x 96, p = 0.5: 15 against 37 with
+   gradient restart and 58 with function restart), and its thresholds are at tau / rho, well
+   above FISTA's, so its iterates have low rank: its singular value thresholds use a tracked
+   block of singular vectors (``subspace_svt``), a k x k eigh instead of an m x m one. It
+   stops when its relative primal and dual residuals are below SWITCH_FACTOR times the final
+   threshold. Its steps may be inexact (a tracked block can miss a direction for a step):
+   that costs iterations, never accuracy, because
+2. FISTA with function-value restart (step 1: the smooth part has a 1-Lipschitz gradient)
+   starts from ADMM's point, with exact thresholds (eigh of the full Gram matrix), and stops
+   by the rule below; usually its first step already does.
+
+Stopping rule: a matrix stops when the relative change of its FISTA iterate,
 ||X_k - X_{k-1}||_F / ||X_k||_F, falls below ``tol``. A certified duality gap (dual point from
 the scaled residual) turned out to need 2-3x more iterations than the objective does, so we
 use this cheap rule, calibrated on real and synthetic images: at the default tol = 2e-4 the
@@ -14,11 +26,16 @@ objective is within 1e-4 (relative) of the optimum; the tests check that against
 A small mu weakens the nuclear-norm term, so FISTA creeps along flat directions and a small
 step no longer means a small gap (mu = 0.06 stopped at a 3e-4 gap): the threshold is
 therefore tol * min(1, mu), which holds the 1e-4 gap over mu in [0.05, 5] (property test).
+
+Every operation on a matrix depends on that matrix alone (block sizes are per matrix, work is
+grouped by size), so a result does not depend on the batch it is computed in, and the
+unobserved entries of ``a`` are never read (zero-filled before any arithmetic).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 
 import torch
 from torch import Tensor
@@ -31,8 +48,16 @@ from menet.estimation._batching import (
     zero_fill,
 )
 from menet.estimation.spectral import soft_threshold_weights, spectral_filter
+from menet.estimation.subspace_svt import full_sizes, threshold_tracked
 
 log = logging.getLogger(__name__)
+
+# ADMM's penalty is ADMM_RHO * tau * (observed fraction); it leaves for FISTA once its relative
+# residuals are below SWITCH_FACTOR times FISTA's threshold, or after MAX_ADMM_ITERS.
+ADMM_RHO = 0.7
+SWITCH_FACTOR = 5.0
+MAX_ADMM_ITERS = 200
+RELAX = 1.5
 
 
 def _sum_sq(x: Tensor) -> Tensor:
@@ -52,58 +77,129 @@ def nuclear_norm(
 
     a: float32/float64 (..., m, n); mask: bool, same shape, True = observed. Each matrix stops
     on its own when the relative change of its iterate falls below ``tol * min(1, mu)``
-    (default tol 2e-4: relative objective gap below 1e-4), or after ``max_iters`` (logged). In float32, keep
-    ``tol`` above about 1e-6. Not differentiable: the output carries no gradient. Returns a
-    tensor like ``a``.
+    (default tol 2e-4: relative objective gap below 1e-4), or after ``max_iters`` (logged);
+    the iterations before it are ADMM's (see the module docstring). In float32, keep ``tol`` above about 1e-6. Not
+    differentiable: the output carries no gradient. Returns a tensor like ``a``.
     """
+    return nuclear_norm_with_stats(a, mask, mu=mu, tol=tol, max_iters=max_iters)[0]
+
+
+def nuclear_norm_with_stats(
+    a: Tensor, mask: Tensor, *, mu: float = 1.0, tol: float = 2e-4, max_iters: int = 500,
+) -> tuple[Tensor, dict[str, int]]:
+    """``nuclear_norm`` and its work: {"matrices", "admm_iterations" and "iterations" (FISTA's),
+    each summed over the matrices}."""
     check_matrices(a, mask)
     check_positive("mu", mu)
     check_positive("tol", tol)
     check_max_iters(max_iters)
     tau = mu / 2.0
     threshold = tol * min(1.0, mu)  # see the module docstring: small mu needs a finer stop
+    stats = {"matrices": 0, "iterations": 0, "admm_iterations": 0}
+    lock = threading.Lock()
 
     def estimate(a_chunk: Tensor, mask_chunk: Tensor) -> Tensor:
-        # Float masks and fused multiply-adds: torch.where is several times slower on CPU.
-        # b is zero-filled, so products with it never see the unobserved (maybe NaN) values.
-        b = zero_fill(a_chunk, mask_chunk)
-        obs = mask_chunk.to(b.dtype)
-        unobs = 1.0 - obs
-        neg_b = -b
-        out = torch.empty_like(b)
-        active = torch.arange(b.shape[0], device=b.device)
-        x = y = b
-        t = torch.ones(b.shape[0], 1, 1, dtype=b.dtype, device=b.device)
-        f_prev = torch.full((b.shape[0],), float("inf"), dtype=b.dtype, device=b.device)
-        for it in range(1, max_iters + 1):
-            z = torch.addcmul(b, unobs, y)  # y - grad, with grad = mask * (y - a)
-            x_new, s = spectral_filter(z, lambda s: soft_threshold_weights(s, tau))
-            residual = torch.addcmul(neg_b, obs, x_new)
-            f = 0.5 * _sum_sq(residual) + tau * (s - tau).clamp_min(0).sum(-1)
-            step = x_new - x
-            done = _sum_sq(step) <= threshold * threshold * _sum_sq(x_new)
-            # Function-value restart (O'Donoghue and Candes, 2015): drop momentum on ascent.
-            t = torch.where((f > f_prev).view(-1, 1, 1), torch.ones_like(t), t)
-            t_next = 0.5 * (1.0 + torch.sqrt(1.0 + 4.0 * t * t))
-            y = torch.addcmul(x_new, (t - 1.0) / t_next, step)
-            x, t, f_prev = x_new, t_next, f
-            if it == max_iters:
-                if not bool(done.all()):
-                    log.info(
-                        "nuclear_norm: %d matrices reached max_iters=%d before tol=%g",
-                        int((~done).sum()), max_iters, tol,
-                    )
-                done = torch.ones_like(done)
-            if bool(done.any()):
-                out[active[done]] = x[done]
-                keep = ~done
-                active, b, neg_b, obs, unobs, x, y, t, f_prev = (
-                    active[keep], b[keep], neg_b[keep], obs[keep], unobs[keep], x[keep], y[keep],
-                    t[keep], f_prev[keep],
-                )
-                if active.numel() == 0:
-                    break
+        out, chunk_stats = _solve(a_chunk, mask_chunk, tau, threshold, max_iters, tol)
+        with lock:
+            for key, value in chunk_stats.items():
+                stats[key] += value
         return out
 
     with torch.no_grad():
-        return map_matrices(estimate, a.detach(), mask)
+        out = map_matrices(estimate, a.detach(), mask)
+    return out, stats
+
+
+def _solve(
+    a: Tensor, mask: Tensor, tau: float, threshold: float, max_iters: int, tol: float,
+) -> tuple[Tensor, dict[str, int]]:
+    """ADMM to near the optimum, then FISTA to the stopping rule, on one chunk (B, m, n)."""
+    transpose = a.shape[-2] > a.shape[-1]  # ADMM's blocks of singular vectors want m <= n
+    if transpose:
+        a, mask = a.mT, mask.mT
+    b = zero_fill(a, mask).contiguous()
+    obs = mask.to(b.dtype).contiguous()
+    stats = {"matrices": b.shape[0], "iterations": 0, "admm_iterations": 0}
+    start = _admm(b, obs, tau, threshold, max_iters, stats)
+    out = _fista(b, obs, start, tau, threshold, max_iters, tol, stats)
+    return (out.mT if transpose else out), stats
+
+
+def _admm(b: Tensor, obs: Tensor, tau: float, threshold: float, max_iters: int, stats: dict[str, int]) -> Tensor:
+    """ADMM on min tau ||X||_* + 0.5 ||obs * (Y - a)||^2 s.t. X = Y (scaled dual L), per matrix
+    until its primal and dual residuals fall below SWITCH_FACTOR * threshold (relative)."""
+    batch = b.shape[0]
+    out = torch.empty_like(b)
+    active = torch.arange(batch, device=b.device)
+    rho = (ADMM_RHO * tau) * obs.mean((-2, -1), keepdim=True)  # (B, 1, 1)
+    x = b.clone()
+    dual = torch.zeros_like(b)
+    limit = SWITCH_FACTOR * threshold
+    basis, size = None, full_sizes(batch, b.shape[-2], b.device)
+    for it in range(1, min(max_iters, MAX_ADMM_ITERS) + 1):
+        y = (b + rho * (x + dual)) / (obs + rho)
+        relaxed = RELAX * y + (1.0 - RELAX) * x  # over-relaxation (Eckstein and Bertsekas, 1992)
+        x_new, basis, size = threshold_tracked(relaxed - dual, tau / rho.view(-1, 1), basis, size)
+        dual = dual + (x_new - relaxed)
+        primal = x_new - y
+        change = x_new - x
+        x = x_new
+        stats["admm_iterations"] += x.shape[0]
+        scale = _sum_sq(x) * (limit * limit)
+        done = (_sum_sq(primal) <= scale) & (_sum_sq(change) <= scale)
+        if it == min(max_iters, MAX_ADMM_ITERS):
+            done = torch.ones_like(done)
+        if bool(done.any()):
+            out[active[done]] = x[done]
+            keep = ~done
+            active, b, obs, x, dual, rho, basis, size = (
+                active[keep], b[keep], obs[keep], x[keep], dual[keep], rho[keep], basis[keep], size[keep],
+            )
+            if active.numel() == 0:
+                break
+    return out
+
+
+def _fista(
+    b: Tensor, obs: Tensor, start: Tensor, tau: float, threshold: float, max_iters: int, tol: float,
+    stats: dict[str, int],
+) -> Tensor:
+    """FISTA with function-value restart from ``start`` until the relative change of the iterate
+    falls below ``threshold``."""
+    unobs = 1.0 - obs
+    neg_b = -b
+    out = torch.empty_like(b)
+    active = torch.arange(b.shape[0], device=b.device)
+    x = y = start
+    t = torch.ones(b.shape[0], 1, 1, dtype=b.dtype, device=b.device)
+    f_prev = torch.full((b.shape[0],), float("inf"), dtype=b.dtype, device=b.device)
+    for it in range(1, max_iters + 1):
+        z = torch.addcmul(b, unobs, y)  # y - grad, with grad = mask * (y - a)
+        x_new, s = spectral_filter(z, lambda s: soft_threshold_weights(s, tau))
+        residual = torch.addcmul(neg_b, obs, x_new)
+        f = 0.5 * _sum_sq(residual) + tau * (s - tau).clamp_min(0).sum(-1)
+        step = x_new - x
+        done = _sum_sq(step) <= threshold * threshold * _sum_sq(x_new)
+        # Function-value restart (O'Donoghue and Candes, 2015): drop momentum on ascent.
+        t = torch.where((f > f_prev).view(-1, 1, 1), torch.ones_like(t), t)
+        t_next = 0.5 * (1.0 + torch.sqrt(1.0 + 4.0 * t * t))
+        y = torch.addcmul(x_new, (t - 1.0) / t_next, step)
+        x, t, f_prev = x_new, t_next, f
+        stats["iterations"] += x.shape[0]
+        if it == max_iters:
+            if not bool(done.all()):
+                log.info(
+                    "nuclear_norm: %d matrices reached max_iters=%d before tol=%g",
+                    int((~done).sum()), max_iters, tol,
+                )
+            done = torch.ones_like(done)
+        if bool(done.any()):
+            out[active[done]] = x[done]
+            keep = ~done
+            active, b, neg_b, obs, unobs, x, y, t, f_prev = (
+                active[keep], b[keep], neg_b[keep], obs[keep], unobs[keep], x[keep], y[keep],
+                t[keep], f_prev[keep],
+            )
+            if active.numel() == 0:
+                break
+    return out
