@@ -3,6 +3,7 @@ cost estimate; nothing is run and nothing is written."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,15 @@ def test_plan_marks_what_exists(tmp_path):
                       ("evaluate", "net: recipe-white"): "done", ("features", "net: recipe-white"): "to do",
                       ("evaluate", "plain: recipe-white"): "to do", ("features", "plain: recipe-white"): "done"}
     assert all(s.seconds is None for s in steps if s.status == "done")
+    # Done only when the chain would reuse it: any setting the chain compares counts, not some of them.
+    (spec,) = recipe.evaluations
+    for changed, features in ((dataclasses.replace(spec, batch_size=4), "done"),  # recorded by the evaluation only
+                              (dataclasses.replace(spec, gradient="exact"), "redo"),  # an input of both
+                              (dataclasses.replace(spec, attacks={"pgd": {**spec.attacks["pgd"], "steps": 6}}), "redo")):
+        other = dataclasses.replace(recipe, evaluations=(changed,))
+        status = {(s.kind, s.what): s.status for s in plan(other, root, rates=rates)[0]}
+        assert status["evaluate", "net: recipe-white"].startswith("redo"), changed
+        assert status["features", "plain: recipe-white"].startswith(features), changed
 
 
 def test_plan_estimates_from_the_rates(tmp_path):
@@ -83,3 +93,8 @@ def test_plan_estimates_from_the_rates(tmp_path):
     # PGD-5 on 8 images through the defense, then clean + 1 attack scored in 2 draws (forward ~ 1/3 step).
     assert seconds["evaluate", "net: _plan_recipe-white"] == pytest.approx(8 * (5 * 0.012 + 2 * 2 * (0.01 / 3 + 0.002)))
     assert seconds["evaluate", "plain: _plan_recipe-white"] == pytest.approx(8 * (5 * 0.01 + 2 * 2 * 0.01 / 3))
+    # Without `images` the chain evaluates the whole test split (10,000 Fashion-MNIST images): so does the estimate.
+    (spec,) = recipe.evaluations
+    whole = dataclasses.replace(recipe, evaluations=(dataclasses.replace(spec, images=None),))
+    seconds = {(s.kind, s.what): s.seconds for s in plan(whole, Path("/nonexistent/runs"), rates=rates)[0]}
+    assert seconds["evaluate", "plain: _plan_recipe-white"] == pytest.approx(10000 * (5 * 0.01 + 2 * 2 * 0.01 / 3))

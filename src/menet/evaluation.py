@@ -191,6 +191,14 @@ def model_checks(model: nn.Module, x: Tensor, y: Tensor, attacks: Mapping[str, A
     return warnings
 
 
+def evaluation_settings(attacks: Mapping[str, Attack], *, n: int, batch_size: int = 256, draws: int = 1, seed: int = 0,
+                        cascade: bool = False, inputs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The settings ``evaluate`` records (and a resumed or reused result must match); ``menet
+    reproduce --plan`` compares them with a result's to tell whether it would be reused."""
+    return {"n": n, "batch_size": batch_size, "draws": draws, "seed": seed, "cascade": cascade,
+            "inputs": dict(inputs or {}), "attacks": {name: attack.settings() for name, attack in attacks.items()}}
+
+
 def evaluate(
     model: nn.Module,
     images: Tensor,
@@ -233,8 +241,8 @@ def evaluate(
     names = list(attacks)
     if CLEAN in names or WORST in names:
         raise ValueError(f"attack names {CLEAN!r} and {WORST!r} are reserved")
-    settings = {"n": len(labels), "batch_size": batch_size, "draws": draws, "seed": seed, "cascade": cascade,
-                "inputs": dict(inputs or {}), "attacks": {name: attack.settings() for name, attack in attacks.items()}}
+    settings = evaluation_settings(attacks, n=len(labels), batch_size=batch_size, draws=draws, seed=seed,
+                                   cascade=cascade, inputs=inputs)
     if store is not None:
         finished = store.completed(settings)
         if finished is not None:  # resuming an evaluation that already ended: nothing to do
@@ -448,4 +456,4 @@ def read_result(path: str | Path) -> dict[str, Any]:
     return data
 
 
-__all__ = ["ResultStore", "SettingsChanged", "environment", "evaluate", "format_table", "read_result", "summarise"]
+__all__ = ["ResultStore", "SettingsChanged", "environment", "evaluate", "evaluation_settings", "format_table", "read_result", "summarise"]

@@ -22,14 +22,15 @@ from typing import Any
 import torch
 
 from menet.attack_settings import build_attacks
+from menet.checkpoint import CheckpointError
 from menet.config import TrainConfig
 from menet.data import DatasetError, get_dataset_spec, load_dataset
-from menet.features_store import features_path, read_features
+from menet.evaluation import evaluation_settings
+from menet.features_store import features_current, features_meta, features_path, read_features
 from menet.models import build_model_for_dataset
 from menet.recipe import EvaluationSpec, Recipe, data_dir_for
-from menet.report.results import current_fingerprint
 from menet.reproduce import DataDirs, other_settings, run_is_trained, with_data_dir
-from menet.runs import EVAL_DIR, build_defense
+from menet.runs import EVAL_DIR, build_defense, evaluation_inputs
 from menet.scaling import scaled
 
 
@@ -138,13 +139,26 @@ def _passes(settings: Mapping[str, Any]) -> int:
     return steps * int(inner.get("eot", 1) or 1) * int(inner.get("restarts", 1) or 1) * int(inner.get("samples", 1) or 1)
 
 
-def _evaluation_seconds(spec: EvaluationSpec, recipe: Recipe, run: str, rates: Rates, *, with_features: bool) -> float:
+def _test_images(config: TrainConfig, data_dirs: DataDirs, limit: int | None) -> int | None:
+    """How many test images the chain evaluates: the first ``limit`` (all without one) of the
+    test split it reads; None when the split is not found here and no limit says it."""
+    try:
+        count = len(load_dataset(config.dataset, "test", data_dir_for(config.dataset, data_dirs) or config.data_dir,
+                                 verify=False).labels)
+    except DatasetError:
+        return limit
+    return count if limit is None else min(count, limit)
+
+
+def _evaluation_seconds(spec: EvaluationSpec, recipe: Recipe, run: str, rates: Rates, images: int | None, *,
+                        with_features: bool) -> float | None:
+    if images is None:
+        return None
     target = recipe.runs[run]
     attacker = recipe.runs[spec.transfer_from] if spec.transfer_from else target
     attack_name = spec.transfer_from or run
     per_pass = rates.step[_network_key(attacker)] + rates.estimator.get(attack_name, 0.0)
     score = rates.step[_network_key(target)] / 3 + rates.estimator.get(run, 0.0)  # a forward pass ~ 1/3 of a step
-    images = spec.images or 0
     attack_cost = sum(_passes(s) for s in spec.attacks.values()) * per_pass
     total = images * (attack_cost + (1 + len(spec.attacks)) * spec.draws * score)
     if with_features:  # the attacks once more, and one forward pass per image and condition
@@ -152,38 +166,52 @@ def _evaluation_seconds(spec: EvaluationSpec, recipe: Recipe, run: str, rates: R
     return total
 
 
-def _evaluation_status(spec: EvaluationSpec, recipe: Recipe, run: str, root: Path, retrain: bool) -> str:
-    eval_dir = root / run / EVAL_DIR
-    tag = f"{recipe.name}-{spec.tag}"
-    if retrain:
-        return "to do"  # its run is trained (again) first
-    if (eval_dir / f".{tag}.partial").is_dir():
-        return "resumes"
+def _expected(spec: EvaluationSpec, recipe: Recipe, run: str, root: Path, images: int | None
+              ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(the settings the chain's evaluation would record, the meta of its features), exactly as
+    ``menet.reproduce`` makes them, so that a result counts as done only when the chain would
+    reuse it; None when the run (or the transfer source) has no weights to fingerprint."""
+    # Transfer's settings do not depend on the source model: a stand-in builds the same ones.
+    attacks = build_attacks(spec.attacks, torch.nn.Identity() if spec.transfer_from else None)
     try:
-        result = json.loads((eval_dir / f"{tag}.json").read_text())
+        inputs = evaluation_inputs(root / run, dataset=recipe.runs[run].dataset, gradient=spec.gradient,
+                                   transfer_from=root / spec.transfer_from if spec.transfer_from else None)
+    except CheckpointError:
+        return None
+    settings = evaluation_settings(attacks, n=images, batch_size=spec.batch_size, draws=spec.draws, seed=spec.seed,
+                                   inputs=inputs)
+    meta = features_meta(attacks, seed=spec.seed, n=images, inputs=inputs, tag=f"{recipe.name}-{spec.tag}")
+    return json.loads(json.dumps(settings)), meta
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
     except (OSError, ValueError):
+        return None
+
+
+def _evaluation_status(eval_dir: Path, tag: str, expected: dict[str, Any] | None) -> str:
+    if expected is None:
+        return "to do"  # its run is trained (again) first
+    partial, result = eval_dir / f".{tag}.partial", eval_dir / f"{tag}.json"
+    if partial.is_dir():  # the chain resumes it with the same settings, else starts it anew
+        saved = _read_json(partial / "settings.json")
+        return "resumes" if saved in (None, expected) else "redo: other settings or weights"
+    if not result.is_file():
         return "to do"
-    settings = result.get("settings", {})
-    wanted = {name: a.settings() for name, a in build_attacks(spec.attacks).items()}
-    recorded = {name: (s.get("of", s) if s.get("attack") == "transfer" else s)
-                for name, s in settings.get("attacks", {}).items()}
-    same = (recorded == json.loads(json.dumps(wanted)) and settings.get("n") == spec.images
-            and settings.get("draws") == spec.draws and settings.get("seed") == spec.seed
-            and settings.get("inputs", {}).get("model") == current_fingerprint(root / run))
-    return "done" if same else "redo: other settings or weights"
+    saved = _read_json(result)
+    return "done" if isinstance(saved, dict) and saved.get("settings") == expected else "redo: other settings or weights"
 
 
-def _features_status(spec: EvaluationSpec, recipe: Recipe, run: str, root: Path, retrain: bool) -> str:
-    path = features_path(root / run / EVAL_DIR, f"{recipe.name}-{spec.tag}")
-    if retrain or not path.exists():
+def _features_status(path: Path, meta: dict[str, Any] | None) -> str:
+    if meta is None or not path.exists():
         return "to do"
     try:
-        meta = read_features(path).meta
+        read_features(path)
     except ValueError:
         return "redo: not readable"
-    same = (meta.get("n") == spec.images and meta.get("seed") == spec.seed and set(meta.get("names", [])) == set(spec.attacks)
-            and meta.get("inputs", {}).get("model") == current_fingerprint(root / run))
-    return "done" if same else "redo: other settings or weights"
+    return "done" if features_current(path, meta) else "redo: other settings or weights"
 
 
 def plan(recipe: Recipe, runs_root: str | Path, *, scale: str = "full", data_dirs: DataDirs = None,
@@ -214,15 +242,20 @@ def plan(recipe: Recipe, runs_root: str | Path, *, scale: str = "full", data_dir
     for spec in recipe.evaluations:
         for run in spec.runs:
             retrain = run in redone or spec.transfer_from in redone
-            detail = f"{', '.join(spec.attacks)} on {spec.images} images, {spec.draws} draw(s)"
-            status = _evaluation_status(spec, recipe, run, root, retrain)
-            seconds = None if status == "done" else _evaluation_seconds(spec, recipe, run, rates, with_features=False)
-            steps.append(Step("evaluate", f"{run}: {recipe.name}-{spec.tag}", status, detail, seconds))
+            images = _test_images(recipe.runs[run], data_dirs, spec.images)
+            expected = None if retrain else _expected(spec, recipe, run, root, images)
+            tag = f"{recipe.name}-{spec.tag}"
+            shown = f"{images:,}" if images is not None else "? (dataset not found here)"
+            detail = f"{', '.join(spec.attacks)} on {shown} images, {spec.draws} draw(s)"
+            status = _evaluation_status(root / run / EVAL_DIR, tag, expected[0] if expected else None)
+            seconds = None if status == "done" else _evaluation_seconds(spec, recipe, run, rates, images, with_features=False)
+            steps.append(Step("evaluate", f"{run}: {tag}", status, detail, seconds))
             if spec.features:
-                status = _features_status(spec, recipe, run, root, retrain)
-                seconds = None if status == "done" else (_evaluation_seconds(spec, recipe, run, rates, with_features=True)
-                                                         - _evaluation_seconds(spec, recipe, run, rates, with_features=False))
-                steps.append(Step("features", f"{run}: {recipe.name}-{spec.tag}", status,
+                status = _features_status(features_path(root / run / EVAL_DIR, tag), expected[1] if expected else None)
+                both = _evaluation_seconds(spec, recipe, run, rates, images, with_features=True)
+                alone = _evaluation_seconds(spec, recipe, run, rates, images, with_features=False)
+                seconds = None if status == "done" or both is None or alone is None else both - alone
+                steps.append(Step("features", f"{run}: {tag}", status,
                                   "penultimate features, clean and attacked (Figs. 4, 5)", seconds))
     return steps, rates
 
