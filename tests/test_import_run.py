@@ -168,6 +168,17 @@ def test_bad_input_is_one_line_and_leaves_no_folder(own, capsys, model, weights,
     assert not (tmp_path / "runs").exists() or list((tmp_path / "runs").iterdir()) == []
 
 
+@pytest.mark.parametrize("extra", [["--p", "0.5"], ["--layout", "separate"], ["--set", "defense.method=usvt"],
+                                   ["--defense", "usvt", "--set", "mode=vanilla"]])
+def test_defense_settings_without_a_deployed_defense_are_refused(own, capsys, extra):
+    """Not a plain network silently deployed in place of the ME-Net the user asked for."""
+    tmp_path, _ = own
+    assert _import(tmp_path, *extra) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--defense METHOD" in err, err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_an_existing_run_is_not_replaced(own, capsys):
     tmp_path, _ = own
     assert _import(tmp_path) == 0

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from menet.checkpoint import CheckpointError, load_state_into, load_weights_only, save_atomic
-from menet.config import TrainConfig, apply_overrides, config_from_dict
+from menet.config import ConfigError, TrainConfig, apply_overrides, config_from_dict
 from menet.data import get_dataset_spec
 from menet.io_atomic import write_text_atomic
 from menet.models import build_model_for_dataset
@@ -38,7 +38,13 @@ def import_config(*, model: str, weights: str | Path, dataset: str, name: str, d
     section = {key: value for key, value in (("method", defense), ("p_infer", p), ("layout", layout)) if value is not None}
     if section:
         data["defense"] = section
-    return config_from_dict(apply_overrides(data, list(overrides or []))).resolved()
+    config = config_from_dict(apply_overrides(data, list(overrides or [])))
+    if not config.defended and (section or any(item.startswith("defense.") for item in overrides or [])):
+        # The plain network would be deployed: refuse rather than drop the defense the user asked for.
+        raise ConfigError(f"--defense, --p, --layout and --set defense.* deploy the network behind ME-Net, but mode "
+                          f"{config.mode} deploys the plain network: give --defense METHOD (and no --set mode=), "
+                          "or leave them out")
+    return config.resolved()
 
 
 def _plain_state_dict(state: Any, source: str) -> dict[str, torch.Tensor]:
