@@ -26,8 +26,10 @@ def module_names(src: Path) -> dict[str, Path]:
 def import_graph(src: Path) -> dict[str, set[str]]:
     """module -> the package modules it imports anywhere in its file (module level or in a
     function). ``from P import x`` counts as importing P.x when that is a module, else P;
-    ``import a.b`` as importing a.b. Importing a module does not count as importing its parent
-    package (that would put every submodule of a package that re-exports them on a circle)."""
+    ``import a.b`` as importing a.b. Importing a module from outside its package counts as
+    importing the package too (Python runs the package's ``__init__`` first, so a circle through
+    it is real); from inside it does not (the package is already being imported, and a package
+    that re-exports its submodules would otherwise be on a circle with each of them)."""
     modules = module_names(src)
     graph: dict[str, set[str]] = {name: set() for name in modules}
     for name, path in modules.items():
@@ -48,6 +50,11 @@ def import_graph(src: Path) -> dict[str, set[str]]:
                     target = target.rpartition(".")[0]
                 if target and target != name:
                     graph[name].add(target)
+                parent = target.rpartition(".")[0]
+                while parent:  # packages above the target that the importer is not inside
+                    if parent in modules and name != parent and not name.startswith(parent + "."):
+                        graph[name].add(parent)
+                    parent = parent.rpartition(".")[0]
     return graph
 
 
@@ -83,10 +90,24 @@ def test_the_graph_finds_imports_of_every_kind(tmp_path):
     (pkg / "sub" / "__init__.py").write_text("")
     (pkg / "sub" / "c.py").write_text("import menet.a\n")
     graph = import_graph(tmp_path)
-    assert graph["menet.a"] == {"menet.b"} and graph["menet.b"] == {"menet.sub.c"} and graph["menet.sub.c"] == {"menet.a"}
+    assert graph["menet.a"] == {"menet.b"} and graph["menet.b"] == {"menet.sub.c", "menet.sub"} and graph["menet.sub.c"] == {"menet.a"}
     assert find_cycle(graph) == ["menet.a", "menet.b", "menet.sub.c", "menet.a"]
     (pkg / "sub" / "c.py").write_text("import menet\n")
     assert find_cycle(import_graph(tmp_path)) is None
+
+
+def test_a_circle_through_a_package_init_is_found(tmp_path):
+    """Importing menet.sub.c runs menet/sub/__init__.py first: a circle through it is a circle."""
+    pkg = tmp_path / "menet"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("def f():\n    import menet.sub.c\n")
+    (pkg / "sub" / "__init__.py").write_text("from menet.a import f\n")
+    (pkg / "sub" / "c.py").write_text("from menet.sub import d\n")  # inside its package: no edge to it
+    (pkg / "sub" / "d.py").write_text("")
+    graph = import_graph(tmp_path)
+    assert graph["menet.a"] == {"menet.sub.c", "menet.sub"} and graph["menet.sub.c"] == {"menet.sub.d"}
+    assert find_cycle(graph) == ["menet.a", "menet.sub", "menet.a"]
 
 
 def test_the_package_imports_downward_only():
