@@ -225,3 +225,15 @@ tables:
     (tmp_path / "recipe.yaml").write_text("\n".join(line for line in text.splitlines() if "bad:" not in line))
     recipe = load_paper_recipe(tmp_path / "recipe.yaml")
     assert recipe.runs["mine"].model == f"{MODULE}:build" and recipe.runs["mine"].model_options == {"width": 8}
+
+
+def test_save_features_of_a_network_without_features_fails_before_the_attacks(own, capsys):
+    tmp_path, _ = own
+    torch.save({f"linear.{k}": v for k, v in nn.Linear(28 * 28, 10).state_dict().items()}, tmp_path / "nofeatures.pt")
+    assert _import(tmp_path, model=f"{MODULE}:NoFeatures", weights="nofeatures.pt", name="nofeat") == 0
+    run = tmp_path / "runs" / "nofeat"
+    capsys.readouterr()
+    assert main(["attack", str(run), "--attack", "fgsm", "--eps", "0.1", "--n", "4", "--save-features", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "has no features(x) method" in err, err
+    assert not (run / "eval").exists() or not list((run / "eval").iterdir())  # no attack was run first

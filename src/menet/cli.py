@@ -242,6 +242,10 @@ def _cmd_attack(args: argparse.Namespace) -> int:
                              f"the target {run} on {config.dataset}: they must share the dataset")
         source = load_model(args.transfer_from, gradient=args.gradient)
     attacks = _build_attacks(args, source)
+    if args.save_features:  # before the attacks run, not after
+        from menet.features_store import check_features
+
+        check_features(model)
     for flag, value in (("--n", args.n), ("--offset", args.offset), ("--batch-size", args.batch_size), ("--draws", args.draws)):
         if value is not None and value < (0 if flag == "--offset" else 1):
             raise ValueError(f"{flag} must be {'>= 0' if flag == '--offset' else '>= 1'}, got {value}")

@@ -42,13 +42,20 @@ def features_path(eval_dir: str | Path, tag: str) -> Path:
     return Path(eval_dir) / f"{tag}{SUFFIX}"
 
 
-def penultimate(model: nn.Module, x: Tensor) -> Tensor:
-    """(N, D) features before the last layer of ``model`` on [0, 1] images x (N, C, H, W): for
-    ME-Net, the network's features of the reconstruction (one mask draw)."""
-    network, inputs = (model.classifier, model.preprocess(x)) if isinstance(model, MENet) else (model, x)
+def check_features(model: nn.Module) -> None:
+    """ValueError (one line) unless ``model``'s network (behind ME-Net's defense) has ``features(x)``;
+    ``menet attack --save-features`` calls it before the evaluation, not after it."""
+    network = model.classifier if isinstance(model, MENet) else model
     if not callable(getattr(network, "features", None)):
         raise ValueError(f"{type(network).__name__} has no features(x) method: Figs. 4 and 5 need the penultimate "
                          "features of the network")
+
+
+def penultimate(model: nn.Module, x: Tensor) -> Tensor:
+    """(N, D) features before the last layer of ``model`` on [0, 1] images x (N, C, H, W): for
+    ME-Net, the network's features of the reconstruction (one mask draw)."""
+    check_features(model)
+    network, inputs = (model.classifier, model.preprocess(x)) if isinstance(model, MENet) else (model, x)
     return network.features(inputs).flatten(1)
 
 
@@ -151,5 +158,5 @@ def features_current(path: str | Path, meta: Mapping[str, Any]) -> bool:
         return False
 
 
-__all__ = ["StoredFeatures", "compute_features", "features_current", "features_meta", "features_path", "penultimate",
+__all__ = ["StoredFeatures", "check_features", "compute_features", "features_current", "features_meta", "features_path", "penultimate",
            "read_features", "save_features"]
