@@ -94,6 +94,17 @@ def test_missing_features_are_one_line_naming_the_step(demo, tmp_path):
     assert "menet reproduce" in message and "--save-features" in message
 
 
+def test_features_of_other_weights_are_refused(demo, tmp_path):
+    """Retrained since the features were stored: the figure is not drawn from the old network's features."""
+    copy = tmp_path / "runs"
+    shutil.copytree(demo, copy)
+    state = torch.load(copy / "menet" / "model.pt", weights_only=True)
+    torch.save({k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}, copy / "menet" / "model.pt")
+    with pytest.raises(MissingFeatures) as err:
+        write_report(tmp_path / "r", recipe=_recipe(), runs_root=copy, scale="tiny")
+    assert "other weights" in str(err.value) and "demo-transfer.features.npz" in str(err.value), err.value
+
+
 def test_an_unreadable_result_is_logged_once_and_named(demo, tmp_path, caplog):
     copy = tmp_path / "runs"
     shutil.copytree(demo, copy)
