@@ -237,3 +237,14 @@ def test_save_features_of_a_network_without_features_fails_before_the_attacks(ow
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "has no features(x) method" in err, err
     assert not (run / "eval").exists() or not list((run / "eval").iterdir())  # no attack was run first
+
+
+def test_the_output_check_runs_on_the_models_device():
+    """import-run --device cuda moves the network there first: the blank images go with it (meta stands in here)."""
+    from menet.models.custom import check_output
+
+    with torch.device("meta"):
+        net = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))
+    check_output(net, "net", (1, 28, 28), 10)  # no device mismatch
+    with pytest.raises(ValueError, match=r"\(2, 10\).*\(2, 7\)"):
+        check_output(net, "net", (1, 28, 28), 7)

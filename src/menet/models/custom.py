@@ -67,13 +67,14 @@ def build_custom(path: str, **options: Any) -> nn.Module:
 
 
 def check_output(model: nn.Module, name: str, image_shape: tuple[int, int, int], num_classes: int) -> None:
-    """Run ``model`` on two blank images of ``image_shape`` (C, H, W); ValueError (one line)
-    unless it returns logits of shape (2, num_classes). Leaves the model's mode as it was."""
+    """Run ``model`` on two blank images of ``image_shape`` (C, H, W), on the model's device;
+    ValueError (one line) unless it returns logits of shape (2, num_classes). Leaves the model's mode as it was."""
+    device = next(iter(model.parameters()), torch.empty(0)).device  # import-run --device cuda checks it there
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            out = model(torch.zeros(2, *image_shape))
+            out = model(torch.zeros(2, *image_shape, device=device))
     except Exception as err:
         raise ValueError(f"model {name} fails on a (2, {', '.join(map(str, image_shape))}) batch of [0, 1] images: "
                          f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
