@@ -16,17 +16,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 
 import numpy as np
 import torch
+from common import median_time
+from nuclear_norm_v1 import nuclear_norm as nuclear_norm_v1
 
 from menet.data import load_dataset
 from menet.estimation import nuclear_norm, soft_impute, tv_minimization, usvt
+from menet.estimation.nuclear_norm import nuclear_norm_with_stats
 from menet.estimation.reference import (
     nuclear_norm_objective,
     nuclear_norm_reference,
@@ -39,17 +39,6 @@ from menet.estimation.reference import (
 TV_WEIGHT = 0.12  # tv_minimization's default: Guo et al.'s weight on [-1, 1] matrices
 
 
-def median_time(fn: Callable[[], object], repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def datasets(batch: int) -> dict[str, np.ndarray]:
     images = load_dataset("fashion-mnist", "test").images[:batch, 0].numpy().astype(np.float32)
     mnist = images / 255.0 * 2 - 1
@@ -58,6 +47,48 @@ def datasets(batch: int) -> dict[str, np.ndarray]:
         [padded, 0.9 * np.roll(padded, 1, axis=1), 0.8 * np.roll(padded, 1, axis=2)], axis=2
     ).astype(np.float32)
     return {"cifar 32x96": cifar, "mnist 28x28": mnist}
+
+
+def nucnorm_shapes(batch: int) -> dict[str, torch.Tensor]:
+    """The three shapes of the issue: 28 x 28 (MNIST), 32 x 96 (CIFAR concat), 64 x 192
+    (Tiny-ImageNet concat: images upsampled to 64 x 64, channels as for CIFAR), in [-1, 1]."""
+    images = load_dataset("fashion-mnist", "test").images[:batch].float() / 255.0 * 2 - 1
+    large = torch.nn.functional.interpolate(images, size=(64, 64), mode="bilinear", align_corners=False)[:, 0]
+    tiny = torch.cat([large, 0.9 * large.roll(1, 1), 0.8 * large.roll(1, 2)], dim=2)
+    return {
+        "28x28": images[:, 0],
+        "32x96": torch.from_numpy(datasets(batch)["cifar 32x96"]),
+        "64x192": tiny,
+    }
+
+
+def sgemm_rate() -> float:
+    """Achievable peak: float32 GFLOP/s of a 2048^3 matrix product on all threads (median of 3)."""
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a @ b
+    return 2 * 2048**3 / median_time(lambda: a @ b) / 1e9
+
+
+def bench_nucnorm(batch: int, repeats: int, device: str) -> None:
+    """Images/s, iterations, ratio to the previous solver (benchmarks/nuclear_norm_v1.py) and the
+    fraction of the achievable peak, for each shape and p, side by side in this run."""
+    peak = sgemm_rate() if device == "cpu" else None
+    if peak is not None:
+        print(f"achievable peak (2048^3 sgemm, {torch.get_num_threads()} threads): {peak:.0f} GFLOP/s", flush=True)
+    for name, data in nucnorm_shapes(batch).items():
+        a = data.to(device)
+        for p in (0.5, 0.91):
+            mask = (torch.rand(a.shape, generator=torch.Generator().manual_seed(0)) < p).to(device)
+            _, stats = nuclear_norm_with_stats(a, mask)  # warm-up, and the work counts
+            t_new = median_time(lambda: nuclear_norm(a, mask), repeats)
+            nuclear_norm_v1(a, mask)
+            t_old = median_time(lambda: nuclear_norm_v1(a, mask), repeats)
+            per = stats["matrices"]
+            iters = f"{stats['admm_iterations'] / per:.1f} ADMM + {stats['iterations'] / per:.1f} FISTA iterations"
+            share = "" if peak is None else f", {stats['flops'] / t_new / 1e9 / peak:.1%} of peak"
+            print(f"nucnorm {name} p={p} {device}: {len(a) / t_new:,.0f} images/s "
+                  f"({t_old / t_new:.2f}x vs previous solver at {len(a) / t_old:,.0f} images/s; {iters} "
+                  f"per matrix; {stats['flops'] / t_new / 1e9:.1f} GFLOP/s{share})", flush=True)
 
 
 def bench_shape(name: str, data: np.ndarray, p: float, args: argparse.Namespace) -> None:
@@ -157,6 +188,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small run to check the script")
     parser.add_argument("--memory-only", action="store_true", help="only the peak-memory probe")
     parser.add_argument("--no-reference", action="store_true", help="only our images/s (no numpy/cvxpy loops)")
+    parser.add_argument("--nucnorm-only", action="store_true",
+                        help="only the nuclear norm against the previous solver (3 shapes, p 0.5 and 0.91)")
     args = parser.parse_args()
     if args.quick:
         args.batch, args.repeats, args.memory_matrices = 128, 1, 5_000
@@ -164,6 +197,10 @@ def main() -> None:
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)
     print(f"# torch {torch.__version__}, {threads} threads, device {args.device}, batch {args.batch}, float32")
+    if not args.memory_only:
+        bench_nucnorm(args.batch, args.repeats, args.device)
+    if args.nucnorm_only:
+        return
     if not args.memory_only:
         for name, data in datasets(args.batch).items():
             for p in (0.5, 0.8):

@@ -97,3 +97,62 @@ def test_objective_gap_on_many_real_images_slow(fashion_matrices, p):
     ref = nuclear_norm_reference(a, mask, **REFERENCE)
     got = nuclear_norm(torch.from_numpy(a).float(), torch.from_numpy(mask)).numpy()
     assert relative_gap(got, ref, a, mask, 1.0).max() < 1e-4
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    m=st.integers(1, 40),
+    n=st.integers(1, 40),
+    p=st.floats(0.05, 1.0),
+    seed=st.integers(0, 10_000),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+)
+def test_property_unobserved_entries_are_never_read(m, n, p, seed, dtype):
+    """Any shape (tall ones are solved transposed), keep-probability and dtype: replacing every
+    unobserved entry by NaN, Inf or huge values leaves the result bit for bit the same."""
+    rng = np.random.default_rng(seed)
+    a = torch.from_numpy(rng.uniform(-1, 1, (3, m, n))).to(dtype)
+    mask = torch.from_numpy(bernoulli_mask((3, m, n), p, seed + 1))
+    mask[:, 0, 0] = True  # every matrix needs an observed entry
+    garbage = torch.from_numpy(rng.choice([float("nan"), float("inf"), -1e30, 1e30], (3, m, n))).to(dtype)
+    assert torch.equal(nuclear_norm(torch.where(mask, a, garbage), mask), nuclear_norm(a, mask))
+
+
+def test_result_does_not_depend_on_batch_order_or_company(fashion_matrices):
+    """Each matrix's arithmetic is its own (block sizes per matrix, grouped by size): shuffling
+    the batch, or solving a matrix among others, gives the same result."""
+    a = fashion_matrices[:24].float()
+    mask = torch.from_numpy(bernoulli_mask(tuple(a.shape), 0.5, seed=31))
+    order = torch.from_numpy(np.random.default_rng(32).permutation(24))
+    together = nuclear_norm(a, mask)
+    shuffled = nuclear_norm(a[order], mask[order])
+    torch.testing.assert_close(shuffled, together[order], rtol=0, atol=1e-6)
+    some = nuclear_norm(a[5:9], mask[5:9])
+    torch.testing.assert_close(some, together[5:9], rtol=0, atol=1e-6)
+
+
+def test_admm_phase_costs_iterations_never_accuracy(fashion_matrices, monkeypatch):
+    """Cut ADMM after one step, or break its tracked singular vectors: FISTA's exact phase still
+    reaches the same optimum (within 1e-4 of Clarabel), only with more iterations."""
+    import sys
+
+    import menet.estimation.subspace_svt as subspace
+
+    solver = sys.modules["menet.estimation.nuclear_norm"]
+    a = fashion_matrices[:3].numpy()
+    mask = bernoulli_mask(a.shape, 0.5, seed=33)
+    ref = nuclear_norm_reference(a, mask, **REFERENCE)
+    _, normal = solver.nuclear_norm_with_stats(torch.from_numpy(a), torch.from_numpy(mask))
+    monkeypatch.setattr(solver, "MAX_ADMM_ITERS", 1)
+    cut, stats = solver.nuclear_norm_with_stats(torch.from_numpy(a), torch.from_numpy(mask))
+    assert stats["iterations"] > normal["iterations"] + 10
+    assert relative_gap(cut.numpy(), ref, a, mask, 1.0).max() < 1e-4
+    monkeypatch.undo()
+
+    def wrong_block(y: torch.Tensor):  # always the first k coordinate axes: a wrong subspace
+        eye = torch.eye(y.shape[-2], y.shape[-1], dtype=y.dtype).expand_as(y)
+        return eye, torch.zeros(y.shape[0], dtype=torch.bool)
+
+    monkeypatch.setattr(subspace, "_orthonormalise", wrong_block)
+    broken = solver.nuclear_norm(torch.from_numpy(a), torch.from_numpy(mask))
+    assert relative_gap(broken.numpy(), ref, a, mask, 1.0).max() < 1e-4

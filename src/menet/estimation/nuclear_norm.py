@@ -48,7 +48,7 @@ from menet.estimation._batching import (
     zero_fill,
 )
 from menet.estimation.spectral import soft_threshold_weights, spectral_filter
-from menet.estimation.subspace_svt import full_sizes, threshold_tracked
+from menet.estimation.subspace_svt import full_sizes, step_flops, threshold_tracked
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 # residuals are below SWITCH_FACTOR times FISTA's threshold, or after MAX_ADMM_ITERS.
 ADMM_RHO = 0.7
 SWITCH_FACTOR = 5.0
-MAX_ADMM_ITERS = 200
+MAX_ADMM_ITERS = 60
 RELAX = 1.5
 
 
@@ -86,16 +86,16 @@ def nuclear_norm(
 
 def nuclear_norm_with_stats(
     a: Tensor, mask: Tensor, *, mu: float = 1.0, tol: float = 2e-4, max_iters: int = 500,
-) -> tuple[Tensor, dict[str, int]]:
+) -> tuple[Tensor, dict[str, float]]:
     """``nuclear_norm`` and its work: {"matrices", "admm_iterations" and "iterations" (FISTA's),
-    each summed over the matrices}."""
+    each summed over the matrices, "flops" (``subspace_svt.step_flops`` of every threshold)}."""
     check_matrices(a, mask)
     check_positive("mu", mu)
     check_positive("tol", tol)
     check_max_iters(max_iters)
     tau = mu / 2.0
     threshold = tol * min(1.0, mu)  # see the module docstring: small mu needs a finer stop
-    stats = {"matrices": 0, "iterations": 0, "admm_iterations": 0}
+    stats = {"matrices": 0, "iterations": 0, "admm_iterations": 0, "flops": 0.0}
     lock = threading.Lock()
 
     def estimate(a_chunk: Tensor, mask_chunk: Tensor) -> Tensor:
@@ -112,35 +112,39 @@ def nuclear_norm_with_stats(
 
 def _solve(
     a: Tensor, mask: Tensor, tau: float, threshold: float, max_iters: int, tol: float,
-) -> tuple[Tensor, dict[str, int]]:
+) -> tuple[Tensor, dict[str, float]]:
     """ADMM to near the optimum, then FISTA to the stopping rule, on one chunk (B, m, n)."""
     transpose = a.shape[-2] > a.shape[-1]  # ADMM's blocks of singular vectors want m <= n
     if transpose:
         a, mask = a.mT, mask.mT
     b = zero_fill(a, mask).contiguous()
     obs = mask.to(b.dtype).contiguous()
-    stats = {"matrices": b.shape[0], "iterations": 0, "admm_iterations": 0}
+    stats = {"matrices": b.shape[0], "iterations": 0, "admm_iterations": 0, "flops": 0.0}
     start = _admm(b, obs, tau, threshold, max_iters, stats)
     out = _fista(b, obs, start, tau, threshold, max_iters, tol, stats)
     return (out.mT if transpose else out), stats
 
 
-def _admm(b: Tensor, obs: Tensor, tau: float, threshold: float, max_iters: int, stats: dict[str, int]) -> Tensor:
+def _admm(b: Tensor, obs: Tensor, tau: float, threshold: float, max_iters: int, stats: dict[str, float]) -> Tensor:
     """ADMM on min tau ||X||_* + 0.5 ||obs * (Y - a)||^2 s.t. X = Y (scaled dual L), per matrix
     until its primal and dual residuals fall below SWITCH_FACTOR * threshold (relative)."""
     batch = b.shape[0]
     out = torch.empty_like(b)
     active = torch.arange(batch, device=b.device)
     rho = (ADMM_RHO * tau) * obs.mean((-2, -1), keepdim=True)  # (B, 1, 1)
+    # Y = argmin 0.5 ||obs * (Y - a)||^2 + rho / 2 ||Y - (X + L)||^2 = data + weight * (X + L).
+    weight = rho / (obs + rho)
+    data = b / (obs + rho)
     x = b.clone()
     dual = torch.zeros_like(b)
     limit = SWITCH_FACTOR * threshold
     basis, size = None, full_sizes(batch, b.shape[-2], b.device)
     for it in range(1, min(max_iters, MAX_ADMM_ITERS) + 1):
-        y = (b + rho * (x + dual)) / (obs + rho)
-        relaxed = RELAX * y + (1.0 - RELAX) * x  # over-relaxation (Eckstein and Bertsekas, 1992)
-        x_new, basis, size = threshold_tracked(relaxed - dual, tau / rho.view(-1, 1), basis, size)
-        dual = dual + (x_new - relaxed)
+        y = torch.addcmul(data, weight, x + dual)
+        relaxed = torch.lerp(x, y, RELAX)  # over-relaxation (Eckstein and Bertsekas, 1992)
+        x_new, basis, size, flops = threshold_tracked(relaxed - dual, tau / rho.view(-1, 1), basis, size)
+        stats["flops"] += flops
+        dual.add_(x_new).sub_(relaxed)
         primal = x_new - y
         change = x_new - x
         x = x_new
@@ -152,8 +156,8 @@ def _admm(b: Tensor, obs: Tensor, tau: float, threshold: float, max_iters: int, 
         if bool(done.any()):
             out[active[done]] = x[done]
             keep = ~done
-            active, b, obs, x, dual, rho, basis, size = (
-                active[keep], b[keep], obs[keep], x[keep], dual[keep], rho[keep], basis[keep], size[keep],
+            active, weight, data, x, dual, rho, basis, size = (
+                active[keep], weight[keep], data[keep], x[keep], dual[keep], rho[keep], basis[keep], size[keep],
             )
             if active.numel() == 0:
                 break
@@ -162,7 +166,7 @@ def _admm(b: Tensor, obs: Tensor, tau: float, threshold: float, max_iters: int, 
 
 def _fista(
     b: Tensor, obs: Tensor, start: Tensor, tau: float, threshold: float, max_iters: int, tol: float,
-    stats: dict[str, int],
+    stats: dict[str, float],
 ) -> Tensor:
     """FISTA with function-value restart from ``start`` until the relative change of the iterate
     falls below ``threshold``."""
@@ -186,6 +190,7 @@ def _fista(
         y = torch.addcmul(x_new, (t - 1.0) / t_next, step)
         x, t, f_prev = x_new, t_next, f
         stats["iterations"] += x.shape[0]
+        stats["flops"] += x.shape[0] * step_flops(*sorted(x.shape[-2:]), min(x.shape[-2:]))
         if it == max_iters:
             if not bool(done.all()):
                 log.info(
