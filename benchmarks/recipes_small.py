@@ -30,7 +30,7 @@ import scipy.io
 import torch
 from PIL import Image
 
-import menet.reproduce as reproduce_module
+import menet.scaling as scaling_module
 from menet.data.cifar import BATCHES, FOLDER
 from menet.reproduce import load_paper_recipe, reproduce
 
@@ -104,7 +104,7 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     names = args.recipes or sorted(path.stem for path in RECIPES.glob("*.yaml"))
     # Random stand-in files have no official checksums.
-    reproduce_module._TRAIN_SET["small"]["verify_checksums"] = False
+    scaling_module._TRAIN_SET["small"]["verify_checksums"] = False
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(args.keep or scratch)
         data_dirs = write_data(root / "data")
