@@ -133,3 +133,62 @@ def test_attack_save_features_writes_them_beside_the_result(demo, tmp_path, caps
     assert (run / "eval" / "mine.json").is_file()
     assert stored.clean.shape == (6, 1024) and list(stored.attacks) == ["fgsm"] and stored.meta["tag"] == "mine"
     assert not [p for p in (run / "eval").iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+def _retrain(run: Path) -> None:
+    """Other weights in the run's model.pt, as after training it again."""
+    state = torch.load(run / "model.pt", weights_only=True)
+    torch.save({k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}, run / "model.pt")
+
+
+def test_transfer_results_crafted_on_a_retrained_source_are_left_out_and_named(demo, tmp_path, capsys):
+    """The target's weights are unchanged, but the copy (the transfer source) was trained again:
+    the report neither shows the old transfer results nor checks the copy the result's stored
+    absolute path names (the original demo, unchanged), but the copy beside the copied runs."""
+    from menet.cli import main
+
+    copy = tmp_path / "runs"
+    shutil.copytree(demo, copy)
+    targets = [str(copy / "vanilla"), str(copy / "menet")]
+    assert main(["report", *targets, "--out", str(tmp_path / "before")]) == 0
+    before = (tmp_path / "before" / "report.md").read_text()
+    assert "### demo-transfer" in before and "Left out" not in before and "Unchecked" not in before, before
+    _retrain(copy / "copy")
+    assert main(["report", *targets, "--out", str(tmp_path / "after")]) == 0
+    text = (tmp_path / "after" / "report.md").read_text()
+    assert "### demo-transfer" not in text and "### demo-whitebox" in text, text
+    left_out = next(line for line in text.splitlines() if line.startswith("**Left out:** transfer results"))
+    assert "source run" in left_out and f"demo-transfer (source {copy / 'copy'})" in left_out, left_out
+    assert left_out.count("demo-transfer") == 2, left_out  # for vanilla and for menet
+    with pytest.raises(MissingFeatures) as err:  # nor are Figs. 4 and 5 drawn from its features
+        write_report(tmp_path / "r", recipe=_recipe(), runs_root=copy, scale="tiny")
+    assert "transfer source" in str(err.value) and "demo-transfer.features.npz" in str(err.value), err.value
+
+
+def test_a_transfer_source_stored_relative_to_elsewhere_is_found_or_named_missing(demo, tmp_path, monkeypatch):
+    """`menet attack runs/x --transfer-from runs/copy` stores both paths as given, relative to where
+    it ran: from another directory the source is found where it lies relative to the target; when
+    it is not there the report says its transfer results are unchecked, and keeps them."""
+    import json
+
+    copy = tmp_path / "runs"
+    shutil.copytree(demo, copy)
+    for name in ("vanilla", "menet"):  # as if attacked from a directory holding runs/ (now moved)
+        path = copy / name / "eval" / "demo-transfer.json"
+        result = json.loads(path.read_text())
+        result["run"], result["transfer_from"] = f"runs/{name}", "runs/copy"
+        result["settings"]["inputs"]["transfer_from"] = "runs/copy"
+        path.write_text(json.dumps(result))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # where no runs/copy lies
+    targets = [copy / "vanilla", copy / "menet"]
+    text = write_report(tmp_path / "r1", run_dirs=targets).read_text()
+    assert "### demo-transfer" in text and "Left out" not in text and "Unchecked" not in text, text
+    _retrain(copy / "copy")
+    text = write_report(tmp_path / "r2", run_dirs=targets).read_text()
+    assert "### demo-transfer" not in text and "**Left out:** transfer results" in text, text
+    shutil.rmtree(copy / "copy")
+    text = write_report(tmp_path / "r3", run_dirs=targets).read_text()
+    assert "### demo-transfer" in text, text
+    unchecked = next(line for line in text.splitlines() if line.startswith("**Unchecked:**"))
+    assert "source run was not found" in unchecked and "demo-transfer (source runs/copy)" in unchecked, unchecked

@@ -100,7 +100,8 @@ def feature_sets(figure: Mapping[str, Any], recipe: Recipe, root: Path
 
     CONDITION is "transfer attack" when the evaluation crafts its examples on another run,
     else "white-box attack". MissingFeatures (one line, naming the step) when a file is absent,
-    unreadable or of other weights than the run's model.pt."""
+    unreadable, of other weights than the run's model.pt, or of a transfer attack crafted on
+    other weights than the source run's model.pt."""
     tag, _, attack = str(figure["features"]).partition("/")
     spec = next(e for e in recipe.evaluations if e.tag == tag)
     attack = spec.aliases.get(attack, attack)  # a smaller scale may run an identical attack in its place
@@ -115,6 +116,9 @@ def feature_sets(figure: Mapping[str, Any], recipe: Recipe, root: Path
         if is_stale(root / run, stored.meta.get("inputs", {}).get("model")):
             raise MissingFeatures(f"{path}: features of other weights than {root / run}/model.pt (trained again since): "
                                   f"run {step}")
+        if spec.transfer_from and is_stale(root / spec.transfer_from, stored.meta.get("inputs", {}).get("source_model")):
+            raise MissingFeatures(f"{path}: features of examples crafted on other weights than {root / spec.transfer_from}"
+                                  f"/model.pt (the transfer source was trained again since): run {step}")
         out["clean"][label] = (stored.clean, stored.labels)
         out[condition][label] = (stored.attacks[attack], stored.labels)
         n, settings = len(stored.labels), stored.meta["attacks"][attack]

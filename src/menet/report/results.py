@@ -1,12 +1,18 @@
 """Reading a run's result files for a report: each file read once, results of other weights
 (stale) told apart, and a file that cannot be read logged once and named, never dropped silently.
 
-Only reads ``RUN/eval/*.json`` and the run's model.pt (to fingerprint it); writes nothing.
+A transfer result is stale too when its examples were crafted on other weights of the source
+run than the source's model.pt (the source was trained again since); a source that cannot be
+found is named, not trusted silently.
+
+Only reads ``RUN/eval/*.json`` and the model.pt of each run and transfer source (to fingerprint
+them); writes nothing.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -43,6 +49,37 @@ def _fingerprint_of(result: Mapping[str, Any]) -> str | None:
     return result.get("settings", {}).get("inputs", {}).get("model")
 
 
+def transfer_source(run_dir: str | Path, result: Mapping[str, Any]) -> Path | None:
+    """The run folder a transfer result's examples were crafted on, as seen from here; None when
+    no folder with a model.pt is found there. ``transfer_from`` is stored as given where the
+    attack ran (``menet attack --transfer-from``, or the chain's RUNS/NAME), possibly relative to
+    that directory, beside the target's path ``run`` as given there: the source is looked for (1)
+    where it lies relative to the target then, from the target's folder now (the runs were moved
+    or copied together), (2) at the stored path, (3) beside the target under its folder name."""
+    recorded = result.get("settings", {}).get("inputs", {}).get("transfer_from")
+    if recorded is None:
+        return None
+    source, target = Path(recorded), result.get("run")
+    candidates = []
+    if target is not None and source.is_absolute() == Path(target).is_absolute():
+        candidates.append(Path(os.path.normpath(Path(run_dir) / os.path.relpath(source, target))))  # both relative to the same place
+    candidates += [source, Path(run_dir).parent / source.name]
+    return next((c for c in candidates if (c / MODEL_FILE).is_file()), None)
+
+
+def source_state(run_dir: str | Path, result: Mapping[str, Any]) -> str:
+    """Of a result's transfer source: "none" (not a transfer result, or no source fingerprint
+    recorded), "current" (its model.pt is the one the examples were crafted on), "stale" (the
+    source was trained again since) or "missing" (not found: see ``transfer_source``)."""
+    inputs = result.get("settings", {}).get("inputs", {})
+    if inputs.get("transfer_from") is None or inputs.get("source_model") is None:
+        return "none"
+    source = transfer_source(run_dir, result)
+    if source is None:
+        return "missing"
+    return "stale" if current_fingerprint(source) != inputs["source_model"] else "current"
+
+
 class ResultFiles:
     """The result files of runs as one report sees them: each run's ``eval/*.json`` read once;
     ``unreadable`` lists the files that could not be read (each logged once)."""
@@ -66,18 +103,36 @@ class ResultFiles:
         return self._results[key]
 
     def current(self, run_dir: str | Path) -> dict[str, dict[str, Any]]:
-        """tag -> result of the run's current weights (see ``stale``)."""
-        return {tag: r for tag, r in self.all(run_dir).items() if not is_stale(run_dir, _fingerprint_of(r))}
+        """tag -> result of the run's current weights and, for a transfer result, of its source's
+        current weights (see ``stale`` and ``stale_sources``; a missing source is kept)."""
+        return {tag: r for tag, r in self.all(run_dir).items()
+                if not is_stale(run_dir, _fingerprint_of(r)) and source_state(run_dir, r) != "stale"}
 
     def stale(self, run_dir: str | Path) -> list[str]:
         """Tags of the run's results made with other weights than its model.pt (the run was
         trained again or further since)."""
         return [tag for tag, r in self.all(run_dir).items() if is_stale(run_dir, _fingerprint_of(r))]
 
+    def _sources(self, run_dir: str | Path, state: str) -> dict[str, str]:
+        return {tag: str(transfer_source(run_dir, r) or r["settings"]["inputs"]["transfer_from"])
+                for tag, r in self.all(run_dir).items()
+                if not is_stale(run_dir, _fingerprint_of(r)) and source_state(run_dir, r) == state}
+
+    def stale_sources(self, run_dir: str | Path) -> dict[str, str]:
+        """tag -> source folder, of the run's transfer results crafted on other weights of their
+        source than its model.pt (the source was trained again since); left out of ``current``."""
+        return self._sources(run_dir, "stale")
+
+    def missing_sources(self, run_dir: str | Path) -> dict[str, str]:
+        """tag -> recorded source, of the run's transfer results whose source run is not found:
+        kept in ``current``, but whether they were crafted on its current weights is unknown."""
+        return self._sources(run_dir, "missing")
+
 
 def run_results(run_dir: str | Path) -> dict[str, dict[str, Any]]:
     """tag -> result record of every finished evaluation of a run's current weights (results of
-    other weights, e.g. before a resumed or repeated training, are left out; see stale_results)."""
+    other weights, e.g. before a resumed or repeated training, or crafted on other weights of a
+    transfer source, are left out; see stale_results)."""
     return ResultFiles().current(run_dir)
 
 

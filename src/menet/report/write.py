@@ -85,6 +85,18 @@ def write_report(
         lines += ["**Left out:** results made with other weights than the run's current model.pt (the run was "
                   "trained again or further since): "
                   + "; ".join(f"{name}: {', '.join(tags)}" for name, tags in stale.items() if tags) + ".", ""]
+    sources = {name: files.stale_sources(path) for name, path in runs.items()}
+    if any(sources.values()):
+        lines += ["**Left out:** transfer results crafted on other weights of their source run than its current "
+                  "model.pt (the source was trained again or further since): "
+                  + "; ".join(f"{name}: {', '.join(f'{tag} (source {src})' for tag, src in by_tag.items())}"
+                              for name, by_tag in sources.items() if by_tag) + ".", ""]
+    missing = {name: files.missing_sources(path) for name, path in runs.items()}
+    if any(missing.values()):
+        lines += ["**Unchecked:** transfer results whose source run was not found, so whether they were crafted on "
+                  "its current weights is unknown (kept): "
+                  + "; ".join(f"{name}: {', '.join(f'{tag} (source {src})' for tag, src in by_tag.items())}"
+                              for name, by_tag in missing.items() if by_tag) + ".", ""]
     for path in files.unreadable:
         lines += [f"**Left out:** {path}, not readable (see the warning logged for it).", ""]
     path = out / "report.md"
