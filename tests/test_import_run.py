@@ -248,3 +248,24 @@ def test_the_output_check_runs_on_the_models_device():
     check_output(net, "net", (1, 28, 28), 10)  # no device mismatch
     with pytest.raises(ValueError, match=r"\(2, 10\).*\(2, 7\)"):
         check_output(net, "net", (1, 28, 28), 7)
+
+
+@pytest.mark.parametrize("extra", [["--set", "mode=madry"], ["--set", "mode=menet-adv"], ["--set", "mode=menet"],
+                                   ["--defense", "usvt", "--set", "mode=menet-adv"], ["--defense", "usvt", "--set", "mode=madry"]])
+def test_a_training_mode_menet_cannot_know_is_refused(own, capsys, extra):
+    """How weights trained elsewhere were trained is not known to menet: a run is not marked
+    adversarially trained (madry, menet-adv) on the user's word; vanilla, or menet with --defense."""
+    tmp_path, _ = own
+    assert _import(tmp_path, *extra) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "training mode of imported weights is not known" in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_mode_that_matches_the_defense_is_accepted(own):
+    from menet.runs import read_config
+
+    tmp_path, _ = own
+    assert _import(tmp_path, "--defense", "usvt", "--set", "mode=menet", name="a") == 0
+    assert _import(tmp_path, "--set", "mode=vanilla", name="b") == 0
+    assert read_config(tmp_path / "runs" / "a").mode == "menet" and read_config(tmp_path / "runs" / "b").mode == "vanilla"

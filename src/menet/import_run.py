@@ -31,14 +31,23 @@ def import_config(*, model: str, weights: str | Path, dataset: str, name: str, d
                   p: float | None = None, layout: str | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """The (resolved, validated) config of an imported run: mode menet when ``defense`` (a
     method name) is given, else vanilla; ``p`` is the inference keep-probability; ``overrides``
-    are ``key=value`` like ``menet train --set`` (e.g. ``defense.options.rank_fraction=0.5``)."""
+    are ``key=value`` like ``menet train --set`` (e.g. ``defense.options.rank_fraction=0.5``).
+    Another mode (``--set mode=madry``, ``menet-adv``, or menet without ``defense``) is refused
+    in one line: how weights trained elsewhere were trained is not known to menet."""
     digest = hashlib.sha256(Path(weights).read_bytes()).hexdigest() if Path(weights).is_file() else "missing"
     data: dict[str, Any] = {"name": name, "dataset": dataset, "model": model, "mode": "menet" if defense else "vanilla",
                             "epochs": 0, "imported_from": f"{Path(weights).resolve()} (sha256 {digest[:16]})"}
     section = {key: value for key, value in (("method", defense), ("p_infer", p), ("layout", layout)) if value is not None}
     if section:
         data["defense"] = section
-    config = config_from_dict(apply_overrides(data, list(overrides or [])))
+    data = apply_overrides(data, list(overrides or []))
+    expected = "menet" if defense else "vanilla"
+    if data.get("mode") != expected:
+        # The mode says how the weights were trained (madry, menet-adv: adversarially), and
+        # config.yaml and the report say it in turn; of weights trained elsewhere menet knows not.
+        raise ConfigError(f"--set mode={data.get('mode')} refused: the training mode of imported weights is not known "
+                          "to menet; an imported run is mode vanilla (the plain network) or, with --defense METHOD, menet")
+    config = config_from_dict(data)
     if not config.defended and (section or any(item.startswith("defense.") for item in overrides or [])):
         # The plain network would be deployed: refuse rather than drop the defense the user asked for.
         raise ConfigError(f"--defense, --p, --layout and --set defense.* deploy the network behind ME-Net, but mode "

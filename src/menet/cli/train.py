@@ -131,6 +131,7 @@ def add_import_run_parser(sub: argparse._SubParsersAction) -> None:
     imp.add_argument("--p", type=float, help="the defense's inference keep-probability (default: the config's)")
     imp.add_argument("--layout", help="the defense's matrix layout: concat (default) or separate")
     imp.add_argument("--set", action="append", metavar="KEY=VALUE",
-                     help="any other config field, e.g. --set defense.options.rank_fraction=0.5 --set model_options.width=64")
+                     help="any other config field, e.g. --set defense.options.rank_fraction=0.5 --set model_options.width=64 "
+                     "(not another mode: the mode is vanilla, or menet with --defense)")
     imp.add_argument("--device", default=None, help="where to check the network on two blank images (default: cpu)")
     imp.set_defaults(func=cmd_import_run)
