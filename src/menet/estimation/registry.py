@@ -92,7 +92,7 @@ METHODS: dict[str, Method] = {
         Method("usvt", usvt, "universal singular value thresholding (Chatterjee, 2015)",
                differentiable=True, defense_defaults=_usvt_defaults, describe=usvt_rule),
         Method("softimpute", soft_impute, "Soft-Impute (Mazumder et al., 2010), fancyimpute's defaults"),
-        Method("nucnorm", nuclear_norm, "nuclear-norm minimisation (Candes and Recht, 2009), FISTA"),
+        Method("nucnorm", nuclear_norm, "nuclear-norm minimisation (Candes and Recht, 2009), ADMM then FISTA"),
         Method("tv", tv_minimization, "total-variation minimisation (Guo et al., 2018), Table 3's baseline"),
     )
 }
