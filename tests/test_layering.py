@@ -130,13 +130,22 @@ def test_importing_the_defense_stays_light():
 @pytest.mark.parametrize("module", ["recipe", "scaling"])
 def test_the_recipe_layer_is_pure_data(module):
     """The recipe schema and its scales import, at module level, no torch and nothing of the
-    package but the training config (menet.config itself imports torch to check model options
-    on the meta device; attacks are imported only while a recipe is checked)."""
+    package but the training config (which imports torch only while it checks model options;
+    attacks are imported only while a recipe is checked)."""
     tree = ast.parse((SRC / "menet" / f"{module}.py").read_text())
     imported = {alias.name for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module for node in tree.body if isinstance(node, ast.ImportFrom) and node.module}
     assert not {name for name in imported if name.split(".")[0] == "torch"}
     assert {name for name in imported if name.startswith("menet")} <= {"menet.config", "menet.recipe"}
+
+
+def test_importing_the_recipe_layer_loads_no_torch():
+    """Reading and scaling recipes is pure data: torch is not even imported (issue 15)."""
+    import subprocess
+
+    code = "import sys, menet.recipe, menet.scaling, menet.config; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False", out
 
 
 def test_every_module_opens_with_a_docstring():

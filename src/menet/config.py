@@ -9,7 +9,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 log = logging.getLogger(__name__)
@@ -146,6 +145,8 @@ class TrainConfig:
                 value = get_field(self, name)
                 raise ConfigError(f"config field {name} must be {expected}, got {value!r}")
         self.defense_options()  # estimator option names and values
+        import torch  # here, not at module level: the recipe layer stays free of torch
+
         from menet.models import build_model_for_dataset
 
         if is_factory_path(self.model):  # your own network: imported, built and run on two blank images
