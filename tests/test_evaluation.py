@@ -11,7 +11,8 @@ from torch import nn
 
 from menet.attacks.base import Attack
 from menet.defense import MatrixEstimation
-from menet.evaluation import ResultStore, evaluate, read_result
+from menet.evaluation import ResultStore, evaluate, format_table, read_result
+from menet.stats import clopper_pearson
 
 
 class CoinModel(nn.Module):
@@ -194,3 +195,42 @@ def test_resume_refuses_other_inputs_and_sharding_needs_a_store(tmp_path):
         evaluate(PixelModel(), images, labels, attacks, store=ResultStore(tmp_path, "t", resume=True), inputs={"model": "bbb", "offset": 0})
     with pytest.raises(ValueError, match="needs a ResultStore"):
         evaluate(PixelModel(), images, labels, attacks, rank=0, world=2)
+
+
+def test_every_accuracy_carries_its_intervals(tmp_path):
+    images, labels = pixel_data([200, 140, 50, 50] * 10), torch.tensor([1, 1, 0, 1] * 10)
+    result = evaluate(PixelModel(), images, labels, {"big": ZeroOut(eps=0.1)}, store=ResultStore(tmp_path, "t"))
+    for name in ("clean", "big", "worst case"):
+        row = result["summary"][name]
+        low, high = row["all_draws_ci"]
+        assert low < row["robust_all_draws"] < high and row["n"] == 40
+        assert (low, high) == pytest.approx(clopper_pearson(round(40 * row["robust_all_draws"]), 40))
+        low, high = row["mean_over_draws_ci"]
+        assert low <= row["robust_mean_over_draws"] <= high
+        assert row["ci"] == {"level": 0.95, "all_draws": "clopper-pearson", "mean_over_draws": "paired bootstrap over examples",
+                             "resamples": 2000, "seed": 0}
+    assert read_result(tmp_path / "t.json")["summary"] == result["summary"]
+    table = (tmp_path / "t.md").read_text()
+    assert "| big | zero_out, eps 0.1 | 40 | 50.0% [33.8, 66.2] |" in table and "95% intervals" in table
+
+
+def test_an_old_result_without_intervals_loads_and_renders_with_them(tmp_path):
+    images, labels = pixel_data([200, 140, 50, 50] * 10), torch.tensor([1, 1, 0, 1] * 10)
+    result = evaluate(PixelModel(), images, labels, {"big": ZeroOut(eps=0.1)}, draws=2)
+    old = json.loads(json.dumps(result))
+    for row in old["summary"].values():  # as written before the intervals existed
+        for key in ("all_draws_ci", "mean_over_draws_ci", "ci"):
+            row.pop(key)
+    old["summary"]["gone"] = {"robust_all_draws": 0.5, "n": 10, "robust_mean_over_draws": 0.5}  # no outcomes behind it
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    loaded = read_result(tmp_path / "old.json")
+    for name in ("clean", "big", "worst case"):
+        assert loaded["summary"][name] == result["summary"][name]
+    assert loaded["summary"]["gone"]["all_draws_ci"] == pytest.approx(clopper_pearson(5, 10))
+    assert loaded["summary"]["gone"]["mean_over_draws_ci"] is None
+    loaded["settings"]["attacks"]["gone"] = {"attack": "zero_out", "eps": 0.1}
+    table = format_table(loaded)
+    assert "| big | zero_out, eps 0.1 | 40 | 50.0% [33.8, 66.2] |" in table and "| gone |" in table
+    broken = {**old, "outcomes": {"clean": "not a table"}}
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    assert "all_draws_ci" in read_result(tmp_path / "broken.json")["summary"]["clean"]  # from its accuracy and n

@@ -16,6 +16,9 @@ world-th batch and rank 0 merges.
 
 Like AutoAttack's checks, it warns when the model is randomised but neither EOT nor several
 scoring draws are used, and when input gradients are zero (a sign of gradient masking).
+
+Every accuracy of the summary carries its 95% interval; the summary, the result's table and
+reading result files are ``menet.summary`` (re-exported here).
 """
 
 from __future__ import annotations
@@ -41,11 +44,9 @@ from menet.data.augment import to_float
 from menet.defense import MatrixEstimation
 from menet.io_atomic import write_text_atomic
 from menet.progress import Progress, no_progress
+from menet.summary import CLEAN, RESULT_FORMAT, WORST, format_table, read_result, summarise
 
 log = logging.getLogger(__name__)
-RESULT_FORMAT = "menet-eval-v1"
-CLEAN = "clean"
-WORST = "worst case"
 
 
 # --- randomness --------------------------------------------------------------------------
@@ -83,39 +84,6 @@ class BatchOutcome:
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def _accuracies(table: np.ndarray) -> dict[str, float | int]:
-    """(draws, N) 0/1 outcomes -> accuracy in all draws, mean over draws, and the count."""
-    n = table.shape[1]
-    return {
-        "robust_all_draws": float(table.min(0).mean()) if n else float("nan"),
-        "robust_mean_over_draws": float(table.mean()) if n else float("nan"),
-        "n": n,
-    }
-
-
-def summarise(outcomes: Mapping[str, list[list[int | None]]], names: list[str]) -> dict[str, dict[str, float | int]]:
-    """Accuracy per scored name, and the worst case over the attacks, per example and draw.
-
-    An example counts as robust to an attack in a draw only if it is also classified correctly
-    clean in every draw (robust accuracy never exceeds clean accuracy: an attack that happens
-    to fix a misclassified example is no credit to the model); the worst case is robust only
-    if robust to every attack. With a cascade, examples not attacked (already broken) count
-    as broken in every draw, which also lowers the mean over draws.
-    """
-    def table(name: str) -> np.ndarray:
-        rows = outcomes[name]
-        return np.array([[0 if v is None else v for v in row] for row in rows], dtype=np.int64).reshape(len(rows), -1)
-
-    clean = table(CLEAN)
-    clean_all = clean.min(0, initial=1)[None, :] if clean.size else clean
-    summary = {CLEAN: _accuracies(clean)}
-    per_attack = {name: np.minimum(table(name), clean_all) for name in names}
-    summary.update({name: _accuracies(t) for name, t in per_attack.items()})
-    if names:
-        summary[WORST] = _accuracies(np.stack(list(per_attack.values())).min(0))
-    return summary
 
 
 # --- the evaluation loop -----------------------------------------------------------------
@@ -405,55 +373,4 @@ def environment() -> dict[str, Any]:
             "hardware": {"device": device, "cpu_threads": torch.get_num_threads()}}
 
 
-def _describe(settings: Mapping[str, Any]) -> str:
-    """A short text of an attack's settings (eps as x/255 where that is exact)."""
-    if settings.get("attack") == "transfer":
-        return "transfer of " + _describe(settings["of"])
-    parts = [settings["attack"]]
-    for key, value in settings.items():
-        if key in ("attack", "max_batch"):
-            continue
-        if key in ("eps", "step_size") and isinstance(value, float) and abs(value * 255 - round(value * 255)) < 1e-6:
-            value = f"{round(value * 255)}/255"
-        elif isinstance(value, float):
-            value = f"{value:g}"
-        parts.append(f"{key} {value}")
-    return ", ".join(parts)
-
-
-def format_table(result: Mapping[str, Any]) -> str:
-    """The result as a Markdown table: accuracy in all draws and mean over draws, per attack."""
-    settings, summary = result["settings"], result["summary"]
-    draws = settings["draws"]
-    lines = [
-        f"# Evaluation {result.get('tag', '')}".rstrip(),
-        "",
-        f"{settings['n']} test images, {draws} scoring draw(s) per example, seed {settings['seed']}"
-        + (", cascade" if settings["cascade"] else "") + ".",
-        "",
-        f"| attack | settings | accuracy (correct in all {draws} draws) | mean over draws | seconds |",
-        "|---|---|---|---|---|",
-    ]
-    seconds = result.get("timing", {}).get("attack_seconds", {})
-    for name, row in summary.items():
-        described = _describe(settings["attacks"][name]) if name in settings["attacks"] else ""
-        time_taken = f"{seconds[name]:.1f}" if name in seconds else ""
-        lines.append(f"| {name} | {described} | {100 * row['robust_all_draws']:.1f}% | "
-                     f"{100 * row['robust_mean_over_draws']:.1f}% | {time_taken} |")
-    for warning in result.get("warnings", []):
-        lines += ["", f"**Warning:** {warning}"]
-    return "\n".join(lines) + "\n"
-
-
-def read_result(path: str | Path) -> dict[str, Any]:
-    """A result record written by ``ResultStore.write``; ValueError if it is not one."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not a readable evaluation result ({err})") from None
-    if not isinstance(data, dict) or data.get("format") != RESULT_FORMAT:
-        raise ValueError(f"{path}: not a menet evaluation result (format {RESULT_FORMAT})")
-    return data
-
-
-__all__ = ["ResultStore", "SettingsChanged", "environment", "evaluate", "evaluation_settings", "format_table", "read_result", "summarise"]
+__all__ = ["CLEAN", "RESULT_FORMAT", "WORST", "ResultStore", "SettingsChanged", "environment", "evaluate", "evaluation_settings", "format_table", "read_result", "summarise"]

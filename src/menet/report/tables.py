@@ -10,11 +10,11 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from menet.evaluation import _describe, format_table
 from menet.recipe import Recipe
 from menet.report.checks import pct
 from menet.report.results import ResultFiles
 from menet.runs import read_config
+from menet.summary import describe, format_table
 
 
 def _cell(runs_root: Path, cell: str | None, files: ResultFiles, recipe_name: str
@@ -90,7 +90,7 @@ def settings_lines(used: Iterable[tuple[str, dict[str, Any]]]) -> list[str]:
     lines = ["| result | images | draws | seed | attacks | hardware | seconds |", "|---|---|---|---|---|---|---|"]
     for label, result in used:
         s = result["settings"]
-        attacks = "; ".join(f"{name}: {_describe(a)}" for name, a in s["attacks"].items()) or "clean only"
+        attacks = "; ".join(f"{name}: {describe(a)}" for name, a in s["attacks"].items()) or "clean only"
         seconds = sum(result.get("timing", {}).get("attack_seconds", {}).values())
         hardware = result.get("hardware", {}).get("device", "?")
         lines.append(f"| {label} | {s['n']} | {s['draws']} | {s['seed']} | {attacks} | {hardware} | {seconds:.0f} |")
