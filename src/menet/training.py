@@ -26,12 +26,10 @@ import csv
 import io
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +50,7 @@ from menet.checkpoint import (
 from menet.config import RESUME_MAY_CHANGE, TrainConfig, config_from_dict, get_field
 from menet.data import draw_augmentation, get_dataset_spec, load_dataset, to_float
 from menet.defense import MatrixEstimation, MENet
+from menet.distributed import Distributed, setup_distributed, sum_over_ranks
 from menet.estimation.layout import matrix_mask_shape
 from menet.io_atomic import write_text_atomic
 from menet.masking import random_mask
@@ -79,36 +78,6 @@ def _stream_seed(seed: int, epoch: int, stream: int, rank: int = 0) -> int:
 
 def _stream_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed(_stream_seed(seed, epoch, stream))
-
-
-@dataclass(frozen=True)
-class Distributed:
-    """This process's place in a (possibly single-process) run."""
-
-    rank: int = 0
-    world: int = 1
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device: str | None = None) -> Distributed:
-    """Join the torchrun process group if WORLD_SIZE > 1; pick this rank's device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available() and device != "cpu"
-    if world > 1:
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if not dist.is_initialized():
-            # Long timeout: rank 0 may build the cached reconstructions while the others wait.
-            dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(hours=3))
-        chosen = torch.device(f"cuda:{local_rank}") if cuda else torch.device("cpu")
-        if cuda:
-            torch.cuda.set_device(chosen)
-        return Distributed(dist.get_rank(), world, chosen)
-    chosen = torch.device(device) if device else torch.device("cuda" if cuda else "cpu")
-    return Distributed(0, 1, chosen)
 
 
 class _RowsOfGlobalDraw(nn.Module):
@@ -323,17 +292,8 @@ def _test_accuracy(s: _Setup, test: tuple[torch.Tensor, torch.Tensor], epoch: in
             y = test[1][start : start + config.batch_size].to(place.device)
             with torch.autocast(place.device.type, dtype=torch.float16, enabled=s.use_amp):
                 correct += int((model(x).argmax(1) == y).sum())
-    counts = _sum_over_ranks(torch.tensor([correct, len(test[1]) if place.is_main else 0], dtype=torch.float64), place)
+    counts = sum_over_ranks(torch.tensor([correct, len(test[1]) if place.is_main else 0], dtype=torch.float64), place)
     return counts[0].item() / max(counts[1].item(), 1.0)
-
-
-def _sum_over_ranks(values: torch.Tensor, place: Distributed) -> torch.Tensor:
-    """Sum a small CPU tensor over the ranks (NCCL reduces only GPU tensors: move it there)."""
-    if place.world == 1:
-        return values
-    on_device = values.to(place.device)
-    dist.all_reduce(on_device)
-    return on_device.cpu()
 
 
 def _restore(path: Path, config: TrainConfig, core: nn.Module, optimizer: torch.optim.Optimizer,
@@ -396,7 +356,7 @@ def _train_epoch(s: _Setup, epoch: int, progress: Progress, steps_left: int | No
             steps_left -= 1
             if steps_left <= 0:
                 raise TrainingInterrupted("stopped by the stop_after_steps test hook")
-    return _sum_over_ranks(totals, place), steps_left
+    return sum_over_ranks(totals, place), steps_left
 
 
 def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device) -> None:

@@ -77,9 +77,9 @@ def cmd_attack(args: argparse.Namespace) -> int:
     if not args.run_dir or not args.attack:
         raise ValueError("give a run directory and at least one --attack (menet attack --list lists them)")
     from menet.data import load_dataset
+    from menet.distributed import setup_distributed
     from menet.evaluation import ResultStore, environment, evaluate
     from menet.runs import EVAL_DIR, evaluation_inputs, load_model, read_config
-    from menet.training import setup_distributed
 
     run = Path(args.run_dir)
     config = read_config(run)
