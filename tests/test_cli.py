@@ -17,6 +17,8 @@ def test_demo_trains_attacks_and_reports(tmp_path, capsys):
     assert main(["demo", "--out", str(out), "--scale", "tiny", "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "| vanilla LeNet |" in printed and "| ME-Net LeNet" in printed and "report.md" in printed
+    assert "In brackets: 95% intervals" in printed and "%** [" in printed  # every number with its interval
+    assert "Paired comparisons" in printed and "- transfer PGD-40: ME-Net LeNet" in printed and "vs vanilla LeNet: " in printed
     report = (out / "report.md").read_text()
     for needed in ("transfer FGSM", "white-box PGD-40 (BPDA)", "BPDA + EOT-4", "Sanity checks", "ranks-fashion-mnist.png",
                    "reconstructions-fashion-mnist.png"):
@@ -114,6 +116,11 @@ def test_attack_command_writes_results_and_lists_attacks(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| pgd | pgd, eps 8/255, step_size 2/255, steps 2" in out and "| worst case |" in out
     result = json.loads((run / "eval" / "fgsm-pgd.json").read_text())
+    for name, row in result["summary"].items():  # the table shows each number's interval and n
+        low, high = row["all_draws_ci"]
+        line = next(line for line in out.splitlines() if line.startswith(f"| {name} |"))
+        assert f"| 16 | {100 * row['robust_all_draws']:.1f}% [{100 * low:.1f}, {100 * high:.1f}] |" in line, line
+    assert "95% intervals" in out and "Clopper-Pearson" in out
     assert result["settings"]["draws"] == 2 and result["settings"]["n"] == 16 and result["run"] == str(run)
     assert result["settings"]["attacks"]["pgd"]["eps"] == pytest.approx(8 / 255)
     assert main(args) == 2 and "--resume" in capsys.readouterr().err  # never overwritten by accident

@@ -3,6 +3,7 @@ stored features, without loading a model or running an attack; what it cannot re
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -192,3 +193,73 @@ def test_a_transfer_source_stored_relative_to_elsewhere_is_found_or_named_missin
     assert "### demo-transfer" in text, text
     unchecked = next(line for line in text.splitlines() if line.startswith("**Unchecked:**"))
     assert "source run was not found" in unchecked and "demo-transfer (source runs/copy)" in unchecked, unchecked
+
+
+def _result(attacks, *, n=50, offset=0):
+    """A result record of a run: attacks maps a name to (settings, indices of the examples it
+    leaves robust); every example is clean-correct; one scoring draw."""
+    import menet.summary
+
+    outcomes = {"clean": [[1] * n]}
+    outcomes.update({name: [[int(i in robust) for i in range(n)]] for name, (_, robust) in attacks.items()})
+    return {"format": menet.summary.RESULT_FORMAT, "outcomes": outcomes,
+            "settings": {"n": n, "draws": 1, "seed": 0, "cascade": False, "batch_size": 50,
+                         "inputs": {"dataset": "fashion-mnist", "split": "test", "offset": offset},
+                         "attacks": {name: settings for name, (settings, _) in attacks.items()}},
+            "summary": menet.summary.summarise(outcomes, list(attacks))}
+
+
+def _pgd(**settings):
+    return {"attack": "pgd", "eps": 0.1, "steps": 20, "step_size": 0.01, "eot": 1, "loss": "ce", **settings}
+
+
+def test_sanity_checks_say_within_noise_instead_of_reading_the_sign():
+    """EOT 4 points above BPDA and white-box 4 above transfer on 50 images: 2 examples differ,
+    McNemar p = 0.5: within noise, not a failure (a sign-reading check fails both)."""
+    from menet.report import sanity_checks
+
+    results = {"white": _result({"bpda": (_pgd(), range(15)), "eot": (_pgd(eot=4), range(17))}),
+               "transfer": _result({"pgd": ({"attack": "transfer", "of": _pgd()}, range(13))})}
+    checks = {c.name: c for c in sanity_checks("menet", results)}
+    for name in ("EOT at most BPDA", "white-box at most transfer"):
+        assert checks[name].verdict == "pass" and "within noise" in checks[name].evidence, checks[name]
+        assert "McNemar exact p = 0.500" in checks[name].evidence and "% [" in checks[name].evidence
+    results["white"] = _result({"bpda": (_pgd(), range(15)), "eot": (_pgd(eot=4), range(35))})  # 20 examples differ
+    checks = {c.name: c for c in sanity_checks("menet", results)}
+    assert checks["EOT at most BPDA"].verdict == "FAIL" and "EOT higher" in checks["EOT at most BPDA"].evidence
+    # Not the same images (another offset): compared unpaired, and said so.
+    results["transfer"] = _result({"pgd": ({"attack": "transfer", "of": _pgd()}, range(13))}, offset=50)
+    evidence = {c.name: c for c in sanity_checks("menet", results)}["white-box at most transfer"].evidence
+    assert "Fisher exact (unpaired)" in evidence and "not the same ones" in evidence
+
+
+def test_step_convergence_is_judged_by_a_paired_test():
+    from menet.report import sanity_checks
+
+    def sweep(robust_at):
+        return {"steps": _result({f"pgd{s}": (_pgd(steps=s), range(k)) for s, k in robust_at.items()}, n=200)}
+
+    def verdict(results):
+        return next(c for c in sanity_checks("menet", results) if c.name.startswith("accuracy converges"))
+
+    flat = verdict(sweep({10: 80, 20: 76, 40: 73}))  # 3 examples more broken by 40 than 20 steps: noise
+    assert flat.verdict == "pass" and "20 -> 40 steps: within noise" in flat.evidence, flat
+    falling = verdict(sweep({10: 80, 20: 70, 40: 50}))
+    assert falling.verdict == "FAIL" and "20 steps higher" in falling.evidence, falling
+
+
+def test_results_written_before_intervals_render_with_them(demo, tmp_path):
+    copy = tmp_path / "runs"
+    shutil.copytree(demo, copy)
+    for path in (copy / "menet" / "eval").glob("*.json"):
+        data = json.loads(path.read_text())
+        for row in data["summary"].values():
+            for key in ("all_draws_ci", "mean_over_draws_ci", "ci"):
+                row.pop(key)
+        path.write_text(json.dumps(data))
+    fresh = write_report(tmp_path / "new", recipe=_recipe(), runs_root=demo, scale="tiny").read_text()
+    old = write_report(tmp_path / "old", recipe=_recipe(), runs_root=copy, scale="tiny").read_text()
+    assert old == fresh and "** [" in old  # the same intervals, computed on reading
+    runs_text = write_report(tmp_path / "runs-report", run_dirs=[copy / "menet"]).read_text()
+    transfer_table = runs_text.split("### demo-transfer")[1]
+    assert "| clean |  | 4 | " in transfer_table and "% [" in transfer_table

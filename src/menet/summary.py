@@ -132,10 +132,12 @@ def pct_ci(value: float | None, interval: list[float] | tuple[float, float] | No
     """An accuracy and its interval, compactly: "44.9% [41.8, 48.0]" ("n/a" for no value)."""
     if value is None or value != value:
         return "n/a"
-    text = f"{100 * value:.1f}%"
-    if interval is not None:
-        text += f" [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
-    return text
+    return f"{100 * value:.1f}% {bracket(interval)}".rstrip()
+
+
+def bracket(interval: list[float] | tuple[float, float] | None) -> str:
+    """An interval of fractions in percent points: "[41.8, 48.0]" ("" for None)."""
+    return "" if interval is None else f"[{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
 
 
 def interval_note(n: int | str | None = None) -> str:
@@ -199,5 +201,5 @@ def read_result(path: str | Path) -> dict[str, Any]:
     return with_intervals(data)
 
 
-__all__ = ["CLEAN", "RESULT_FORMAT", "WORST", "describe", "example_outcomes", "examples_key", "format_table",
+__all__ = ["CLEAN", "RESULT_FORMAT", "WORST", "bracket", "describe", "example_outcomes", "examples_key", "format_table",
            "interval_note", "pct_ci", "read_result", "robust_tables", "summarise", "with_intervals"]

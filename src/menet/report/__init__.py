@@ -4,8 +4,10 @@ behind every number, figures, and the sanity checks of Carlini et al. (2019).
 It only reads run folders, result files and stored features, and renders them:
 ``write_report(out_dir, recipe=..., runs_root=...)`` for a recipe's runs,
 ``write_report(out_dir, run_dirs=[...])`` for whatever evaluations those runs hold.
-Modules: ``results`` (reading result files), ``checks`` (sanity checks), ``tables``,
-``figures`` and ``write`` (report.md).
+Every number is shown with its 95% interval, and two numbers are compared by a paired test
+(McNemar's exact test on the same test images), "within noise" when not significant.
+Modules: ``results`` (reading result files), ``paired`` (comparisons), ``checks`` (sanity
+checks), ``tables``, ``figures`` and ``write`` (report.md).
 """
 
 from menet.report.checks import Check, sanity_checks

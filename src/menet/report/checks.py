@@ -2,18 +2,24 @@
 per run from its result records: accuracy falls towards 0 as eps grows (a plateau flags
 gradient masking); accuracy converges as attack steps grow; white-box accuracy is at most
 transfer accuracy; EOT accuracy is at most plain BPDA accuracy. A failed check is printed in bold.
+
+Every ordering is judged by a test, not by the sign of a difference: two results on the same
+test images are compared by McNemar's exact test on their per-example outcomes (otherwise by
+Fisher's exact test, said so), and a difference with p >= 0.05 is "within noise" (see
+``menet.report.paired``): it neither fails a check nor counts as the attack still improving.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from typing import Any
 
+from menet.report.paired import compare_measured, in_words, significantly_higher
 from menet.report.results import records as result_records
+from menet.summary import pct_ci
 
-TOLERANCE = 0.02  # accuracy slack of the ordering checks (sampling noise of small evaluations)
+PLATEAU = 0.02  # an accuracy drop this small when eps doubles is a plateau (an effect size, not a test)
 NEAR_ZERO = 0.1  # "accuracy falls to 0": at most this at the largest eps
 LARGE_EPS = 0.5  # an L-inf budget (of [0, 1] pixels) at which accuracy must be about 0
 
@@ -33,24 +39,8 @@ class Check:
         return f"| {self.run} | {self.name} | {verdict} | {self.evidence} |"
 
 
-def _noise(a: dict[str, Any], b: dict[str, Any]) -> float:
-    """How far two accuracies may differ by sampling alone: two standard errors of the
-    difference of independent proportions, at least TOLERANCE."""
-    variance = sum(r["accuracy"] * (1 - r["accuracy"]) / max(r["n"], 1) for r in (a, b))
-    return max(TOLERANCE, 2 * math.sqrt(variance))
-
-
-def _still_falling(more: dict[str, Any], fewer: dict[str, Any]) -> bool:
-    """Whether accuracy still drops from ``fewer`` to ``more`` attack steps beyond noise. Both run
-    on the same examples, so the difference is paired: an example the shorter attack broke stays
-    broken, and the noise of the drop d over n examples is about 2 sqrt(d / n) (McNemar)."""
-    drop = fewer["accuracy"] - more["accuracy"]
-    n = max(min(more["n"], fewer["n"]), 1)
-    return drop > max(TOLERANCE, 2 * math.sqrt(max(drop, 0.0) / n))
-
-
-def pct(value: float | None) -> str:
-    return "n/a" if value is None or value != value else f"{100 * value:.1f}%"
+def _point(r: dict[str, Any]) -> str:
+    return pct_ci(r["accuracy"], r.get("interval"))
 
 
 def sanity_checks(run: str, results: Mapping[str, dict[str, Any]]) -> list[Check]:
@@ -72,13 +62,17 @@ def sanity_checks(run: str, results: Mapping[str, dict[str, Any]]) -> list[Check
     if not sweeps:
         checks.append(Check(run, "accuracy falls to 0 as eps grows", "not run", "needs PGD at 3 or more eps"))
     for sweep in sweeps:
-        points = ", ".join(f"{r['eps']:.3g}: {pct(r['accuracy'])}" for r in sweep)
-        falls = all(b["accuracy"] <= a["accuracy"] + TOLERANCE for a, b in zip(sweep, sweep[1:]))
+        points = ", ".join(f"{r['eps']:.3g}: {_point(r)}" for r in sweep)
+        rises = [(a, b) for a, b in zip(sweep, sweep[1:]) if significantly_higher(compare_measured(b, a), "A")]
+        falls = not rises
+        if rises:
+            a, b = rises[0]
+            points += f"; eps {a['eps']:.3g} -> {b['eps']:.3g}: " + in_words(compare_measured(b, a), "larger eps", "smaller eps")
         largest = sweep[-1]
         # A plateau: eps at least doubles but accuracy (still well above 0) hardly moves.
         # (A curve that reaches about 0 at its largest eps is not one, however flat its start.)
         plateau = largest["accuracy"] > NEAR_ZERO and any(
-            b["eps"] >= 2 * a["eps"] and a["accuracy"] - b["accuracy"] < TOLERANCE for a, b in zip(sweep, sweep[1:]))
+            b["eps"] >= 2 * a["eps"] and a["accuracy"] - b["accuracy"] < PLATEAU for a, b in zip(sweep, sweep[1:]))
         if not falls or plateau:
             verdict = "FAIL"
         elif largest["accuracy"] <= NEAR_ZERO:
@@ -93,19 +87,26 @@ def sanity_checks(run: str, results: Mapping[str, dict[str, Any]]) -> list[Check
     if not steps_sweeps:
         checks.append(Check(run, "accuracy converges in the attack steps", "not run", "needs PGD at 3 or more step counts"))
     for sweep in steps_sweeps:
-        points = ", ".join(f"{r['steps']}: {pct(r['accuracy'])}" for r in sweep)
+        points = ", ".join(f"{r['steps']}: {_point(r)}" for r in sweep)
         last, before = sweep[-1], sweep[-2]
-        converged = not _still_falling(last, before)
-        rising = any(b["accuracy"] > a["accuracy"] + _noise(a, b) for a, b in zip(sweep, sweep[1:]))
+        final = compare_measured(before, last)  # still falling: fewer steps significantly higher
+        converged = not significantly_higher(final, "A")
+        rises = [(a, b) for a, b in zip(sweep, sweep[1:]) if significantly_higher(compare_measured(b, a), "A")]
+        points += f"; {before['steps']} -> {last['steps']} steps: " + in_words(final, f"{before['steps']} steps", f"{last['steps']} steps")
+        if rises:
+            a, b = rises[0]
+            points += f"; rises {a['steps']} -> {b['steps']}: " + in_words(compare_measured(b, a), f"{b['steps']} steps", f"{a['steps']} steps")
         checks.append(Check(run, f"accuracy converges in the steps (eps {sweep[0]['eps']:.3g})",
-                            "pass" if converged and not rising else "FAIL", points))
+                            "pass" if converged and not rises else "FAIL", points))
     pairs = [(w, t) for w in white for t in records if t["transfer"] and t["eps"] == w["eps"] and w["eot"] == 1]
     if pairs:
         w = min((p[0] for p in pairs), key=lambda r: r["accuracy"])
         t = min((p[1] for p in pairs if p[1]["eps"] == w["eps"]), key=lambda r: r["accuracy"])
-        verdict = "pass" if w["accuracy"] <= t["accuracy"] + TOLERANCE else "FAIL"
+        comparison = compare_measured(w, t)
+        verdict = "FAIL" if significantly_higher(comparison, "A") else "pass"
         checks.append(Check(run, "white-box at most transfer", verdict,
-                            f"white-box {w['tag']}/{w['name']} {pct(w['accuracy'])}, transfer {t['tag']}/{t['name']} {pct(t['accuracy'])}"))
+                            f"white-box {w['tag']}/{w['name']} {_point(w)}, transfer {t['tag']}/{t['name']} {_point(t)}: "
+                            + in_words(comparison, "white-box", "transfer")))
     else:
         checks.append(Check(run, "white-box at most transfer", "not run", "needs white-box and transfer PGD at one eps"))
     # The strongest EOT result against the strongest plain BPDA one at the same eps, steps and
@@ -119,8 +120,10 @@ def sanity_checks(run: str, results: Mapping[str, dict[str, Any]]) -> list[Check
             eot_pairs.append((min(with_eot, key=lambda r: r["accuracy"]), min(plain, key=lambda r: r["accuracy"])))
     if eot_pairs:
         e, b = max(eot_pairs, key=lambda p: p[0]["accuracy"] - p[1]["accuracy"])
-        verdict = "pass" if e["accuracy"] <= b["accuracy"] + TOLERANCE else "FAIL"
-        checks.append(Check(run, "EOT at most BPDA", verdict, f"EOT-{e['eot']} {pct(e['accuracy'])}, BPDA {pct(b['accuracy'])}"))
+        comparison = compare_measured(e, b)
+        verdict = "FAIL" if significantly_higher(comparison, "A") else "pass"
+        checks.append(Check(run, "EOT at most BPDA", verdict,
+                            f"EOT-{e['eot']} {_point(e)}, BPDA {_point(b)}: " + in_words(comparison, "EOT", "BPDA")))
     else:
         checks.append(Check(run, "EOT at most BPDA", "not run", "needs PGD with and without EOT at the same eps and steps"))
     return checks

@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from menet.evaluation import read_result
 from menet.runs import EVAL_DIR, MODEL_FILE, model_fingerprint
+from menet.summary import example_outcomes, examples_key, read_result
 
 log = logging.getLogger(__name__)
 _FINGERPRINTS: dict[tuple[str, int, int], str] = {}  # (model.pt, mtime, size) -> fingerprint
@@ -142,9 +142,11 @@ def stale_results(run_dir: str | Path) -> list[str]:
 
 
 def records(results: Mapping[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """One flat record per (result, attack): its settings and accuracy."""
+    """One flat record per (result, attack): its settings, accuracy, n, the key of the examples
+    it was measured on and their per-example outcomes (for paired comparisons; None if absent)."""
     records = []
     for tag, result in results.items():
+        outcomes, examples = example_outcomes(result), examples_key(result)
         for name, settings in result["settings"]["attacks"].items():
             transfer = settings.get("attack") == "transfer"
             inner = settings["of"] if transfer else settings
@@ -153,5 +155,7 @@ def records(results: Mapping[str, dict[str, Any]]) -> list[dict[str, Any]]:
                             "step_size": inner.get("step_size"), "loss": inner.get("loss"),
                             "draws": result["settings"].get("draws", 1),
                             "n": result["summary"][name].get("n", result["settings"].get("n", 0)),
-                            "accuracy": result["summary"][name]["robust_all_draws"]})
+                            "accuracy": result["summary"][name]["robust_all_draws"],
+                            "interval": result["summary"][name].get("all_draws_ci"),
+                            "examples": examples, "outcome": outcomes.get(name)})
     return records

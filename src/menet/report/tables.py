@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from menet.recipe import Recipe
-from menet.report.checks import pct
+from menet.report.paired import HEADING, compare_measured, in_words, measured
 from menet.report.results import ResultFiles
 from menet.runs import read_config
-from menet.summary import describe, format_table
+from menet.summary import bracket, describe, example_outcomes, format_table, interval_note, pct_ci
 
 
 def _cell(runs_root: Path, cell: str | None, files: ResultFiles, recipe_name: str
@@ -29,14 +29,46 @@ def _cell(runs_root: Path, cell: str | None, files: ResultFiles, recipe_name: st
     return result["summary"][name]["robust_all_draws"], result
 
 
-def _ours(value: float | None, result: dict[str, Any] | None, name: str) -> str:
-    """Our number in bold (correct in every draw) and, with several draws, the mean over draws."""
+def _ours(value: float | None, result: dict[str, Any] | None, name: str, show_n: bool = False) -> str:
+    """Our number in bold (correct in every draw) with its 95% interval and, with several draws,
+    the mean over draws with its interval; ``show_n``: the number of images too."""
     if value is None or result is None:
         return "not run"
-    text = f"**{pct(value)}**"
-    if result["settings"]["draws"] > 1 and result["summary"][name]["robust_mean_over_draws"] != value:
-        text += f" (mean over draws {pct(result['summary'][name]['robust_mean_over_draws'])})"
+    row = result["summary"][name]
+    text = f"**{pct_ci(value)}** {bracket(row.get('all_draws_ci'))}".rstrip()
+    if result["settings"]["draws"] > 1 and row["robust_mean_over_draws"] != value:
+        text += f" (mean over draws {pct_ci(row['robust_mean_over_draws'], row.get('mean_over_draws_ci'))})"
+    if show_n:
+        text += f", n = {row.get('n', result['settings']['n'])}"
     return text
+
+
+def _comparisons(table: Mapping[str, Any], found: dict[tuple[int, int, str], tuple[dict[str, Any], str]]) -> list[str]:
+    """Per column, each row against the column's first row with a number (e.g. ME-Net against
+    vanilla under the same attack), and each adaptive cell against its row's cell (BPDA + EOT
+    against BPDA): paired where on the same images, "within noise" when not significant."""
+    lines, outcomes = [], {}  # id(result) -> its per-example outcomes, read once
+
+    def measured_cell(key: tuple[int, int, str]) -> dict[str, Any]:
+        result, name = found[key]
+        if id(result) not in outcomes:
+            outcomes[id(result)] = example_outcomes(result)
+        return measured(result, name, outcomes[id(result)])
+
+    rows = table["rows"]
+    for j, column in enumerate(table["columns"]):
+        present = [i for i in range(len(rows)) if (i, j, "cells") in found]
+        for i in present[1:]:
+            label, base_label = rows[i]["label"], rows[present[0]]["label"]
+            words = in_words(compare_measured(measured_cell((i, j, "cells")), measured_cell((present[0], j, "cells"))),
+                             label, base_label)
+            lines.append(f"- {column}: {label} vs {base_label}: {words}")
+        for i in range(len(rows)):
+            if (i, j, "adaptive") in found and (i, j, "cells") in found:
+                words = in_words(compare_measured(measured_cell((i, j, "adaptive")), measured_cell((i, j, "cells"))),
+                                 "BPDA+EOT", "the cell's attack")
+                lines.append(f"- {column}, {rows[i]['label']}: BPDA+EOT vs the cell's attack: {words}")
+    return [HEADING, "", *lines, ""] if lines else []
 
 
 def recipe_tables(recipe: Recipe, runs_root: Path, files: ResultFiles | None = None
@@ -56,31 +88,39 @@ def recipe_tables(recipe: Recipe, runs_root: Path, files: ResultFiles | None = N
     lines = []
     for table in recipe.tables:
         columns = list(table["columns"])
+        found: dict[tuple[int, int, str], tuple[dict[str, Any], str]] = {}  # (row, column, kind) -> (result, attack)
+        for i, row in enumerate(table["rows"]):
+            for j in range(len(columns)):
+                for kind in ("cells", "adaptive"):
+                    cell = resolved((row.get(kind) or [None] * len(columns))[j])
+                    value, result = _cell(runs_root, cell, files, recipe.name)
+                    if result is not None and value is not None:
+                        found[(i, j, kind)] = (result, cell.rsplit("/", 1)[1])
+                        used[id(result)] = (cell.rsplit("/", 1)[0], result)
+        sizes = {result["summary"][name].get("n", result["settings"]["n"]) for result, name in found.values()}
         lines += [f"### {table['title']}", "", "| | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-        for row in table["rows"]:
-            cells = row.get("cells") or [None] * len(columns)
+        for i, row in enumerate(table["rows"]):
             paper = row.get("paper") or [None] * len(columns)
-            adaptive = row.get("adaptive") or [None] * len(columns)
             shown = []
-            for cell, paper_value, adaptive_cell in zip(cells, paper, adaptive):
-                cell, adaptive_cell = resolved(cell), resolved(adaptive_cell)
-                ours, result = _cell(runs_root, cell, files, recipe.name)
-                if result is not None:
-                    used[id(result)] = (cell.rsplit("/", 1)[0], result)
+            for j, paper_value in enumerate(paper):
                 parts = []
-                if cell is not None:
-                    parts.append(_ours(ours, result, cell.rsplit("/", 1)[1]))
-                if paper_value is not None:
-                    parts.append(f"paper {paper_value:.1f}%")
-                if adaptive_cell is not None:
-                    value, result = _cell(runs_root, adaptive_cell, files, recipe.name)
-                    if result is not None:
-                        used[id(result)] = (adaptive_cell.rsplit("/", 1)[0], result)
-                    parts.append(f"BPDA+EOT: {_ours(value, result, adaptive_cell.rsplit('/', 1)[1])}")
+                for kind, prefix in (("cells", ""), ("adaptive", "BPDA+EOT: ")):
+                    if (row.get(kind) or [None] * len(columns))[j] is None:
+                        if kind == "cells" and paper_value is not None:
+                            parts.append(f"paper {paper_value:.1f}%")
+                        continue
+                    result, name = found.get((i, j, kind), (None, ""))
+                    value = result["summary"][name]["robust_all_draws"] if result is not None else None
+                    parts.append(prefix + _ours(value, result, name, show_n=len(sizes) > 1))
+                    if kind == "cells" and paper_value is not None:
+                        parts.append(f"paper {paper_value:.1f}%")
                 shown.append("; ".join(parts) if parts else "—")
             lines.append(f"| {row['label']} | " + " | ".join(shown) + " |")
+        if found:
+            lines += ["", interval_note(next(iter(sizes)) if len(sizes) == 1 else None), ""]
+            lines += _comparisons(table, found)
         if table.get("note"):
-            lines += ["", str(table["note"]).strip()]
+            lines += ["", str(table["note"]).strip()] if not found else [str(table["note"]).strip()]
         lines.append("")
     return lines, list(used.values())
 

@@ -78,7 +78,9 @@ def write_report(
     if checks:
         lines += ["## Sanity checks (Carlini et al., 2019)", "",
                   "Robust accuracy must fall towards 0 as eps grows (a plateau flags gradient masking) and converge "
-                  "as steps grow; white-box must be at most transfer; EOT at most plain BPDA. Failed checks are in bold.",
+                  "as steps grow; white-box must be at most transfer; EOT at most plain BPDA. Each ordering is judged by "
+                  "McNemar's exact test on the same test images (else Fisher's exact test, said so): a difference "
+                  "within noise (p >= 0.05) fails nothing, whatever its sign. Failed checks are in bold.",
                   "", "| run | check | verdict | evidence |", "|---|---|---|---|", *[c.line() for c in checks], ""]
     stale = {name: files.stale(path) for name, path in runs.items()}
     if any(stale.values()):
