@@ -184,3 +184,14 @@ def test_admm_cut_short_changes_nothing(fashion_matrices, monkeypatch):
         monkeypatch.setattr(solver, "MAX_ADMM_ITERS", cap)
         results.append(solver.nuclear_norm(a, mask))
     assert torch.equal(results[0], results[1])
+
+
+@pytest.mark.parametrize(("scale", "mu"), [(50.0, 0.06), (20.0, 0.1)])
+def test_scaled_data_keeps_the_gap(fashion_matrices, scale, mu):
+    """Solving (c a, c mu) is c times solving (a, mu): the stopping threshold follows mu / max|a|,
+    so the gap stays below 1e-4 (a threshold of tol * min(1, mu) stopped at 1.2e-4 and 1.5e-4)."""
+    a = fashion_matrices[:3].numpy()
+    mask = bernoulli_mask(a.shape, 0.5, seed=42)
+    ref = nuclear_norm_reference(a * scale, mask, mu=mu * scale, **REFERENCE)
+    got = nuclear_norm(torch.from_numpy(a * scale), torch.from_numpy(mask), mu=mu * scale).numpy()
+    assert relative_gap(got, ref, a * scale, mask, mu * scale).max() < 1e-4
