@@ -233,6 +233,22 @@ def test_sanity_checks_say_within_noise_instead_of_reading_the_sign():
     assert "Fisher exact (unpaired)" in evidence and "not the same ones" in evidence
 
 
+def test_results_that_do_not_record_their_images_are_not_paired():
+    """Two results from ``evaluate`` without ``inputs`` (dataset and split unrecorded) may be on
+    different images: their outcomes must not be paired by McNemar, only compared unpaired."""
+    from menet.report.paired import compare_measured, measured
+
+    a = _result({"pgd": (_pgd(), range(10))})
+    b = _result({"pgd": (_pgd(), range(40, 50))})
+    for r in (a, b):
+        r["settings"]["inputs"] = {}
+    comparison = compare_measured(measured(a, "pgd"), measured(b, "pgd"))
+    assert comparison.method == "Fisher exact (unpaired)" and comparison.a_only is None
+    paired = compare_measured(measured(_result({"pgd": (_pgd(), range(10))}), "pgd"),
+                              measured(_result({"pgd": (_pgd(), range(40, 50))}), "pgd"))
+    assert paired.method == "McNemar exact"
+
+
 def test_step_convergence_is_judged_by_a_paired_test():
     from menet.report import sanity_checks
 

@@ -2,8 +2,8 @@
 allow it, said in words, and "within noise" when the difference is not significant.
 
 Two results are on the same examples when they record the same dataset, split, offset and
-number of images (``menet.summary.examples_key``): then their per-example outcomes (correct in
-all draws) pair up and McNemar's exact test compares them. Otherwise the two counts are
+number of images (``menet.summary.examples_key``, every part recorded): then their per-example
+outcomes (correct in all draws) pair up and McNemar's exact test compares them. Otherwise the two counts are
 compared by Fisher's exact test, which the words say ("unpaired"), and a result with no count
 is "not comparable".
 """
@@ -34,7 +34,10 @@ def compare_measured(a: Mapping[str, Any], b: Mapping[str, Any]) -> Comparison |
     ``measured`` or ``menet.report.results.records``): paired when on the same examples,
     else unpaired; None when either lacks a count of examples."""
     oa, ob = a.get("outcome"), b.get("outcome")
-    if oa is not None and ob is not None and a.get("examples") == b.get("examples") and len(oa) == len(ob) > 0:
+    key = a.get("examples")
+    # Unrecorded parts of the key (None) say nothing about the images: never paired on them.
+    known = key is not None and all(part is not None for part in key)
+    if known and oa is not None and ob is not None and key == b.get("examples") and len(oa) == len(ob) > 0:
         return compare(oa, ob)
     counts = []
     for r in (a, b):
