@@ -168,6 +168,7 @@ def test_sanity_checks_pass_and_fail_as_they_should():
     falling_steps["outcomes"] = {"clean": [[1] * 300], **{f"s{s}": [[int(i < k) for i in range(300)]]
                                                           for s, k in ((10, 123), (20, 90), (40, 75))}}
     falling_steps["settings"]["n"] = 300
+    falling_steps["settings"]["inputs"] = {"dataset": "fashion-mnist", "split": "test", "offset": 0}  # same images
     falling_steps["summary"] = summarise(falling_steps["outcomes"], ["s10", "s20", "s40"])
     assert next(c for c in sanity_checks("r", {"a": falling_steps})
                 if c.name.startswith("accuracy converges")).verdict == "FAIL"
