@@ -87,8 +87,9 @@ def nuclear_norm(
     a: float32/float64 (..., m, n); mask: bool, same shape, True = observed. Each matrix stops
     on its own when the relative change of its iterate falls below ``tol * min(1, mu, mu / max|a|)``
     (default tol 2e-4: relative objective gap below 1e-4), or after ``max_iters`` (logged);
-    the iterations before it are ADMM's (see the module docstring). In float32, keep ``tol`` above about 1e-6. Not
-    differentiable: the output carries no gradient. Returns a tensor like ``a``.
+    the iterations before it are ADMM's (see the module docstring). In float32, keep ``tol``
+    above about 1e-6. Not differentiable: the output carries no gradient. Returns a tensor like
+    ``a``.
     """
     return nuclear_norm_with_stats(a, mask, mu=mu, tol=tol, max_iters=max_iters)[0]
 
@@ -102,13 +103,11 @@ def nuclear_norm_with_stats(
     check_positive("mu", mu)
     check_positive("tol", tol)
     check_max_iters(max_iters)
-    tau = mu / 2.0
-    threshold = tol * min(1.0, mu)  # see the module docstring: small mu needs a finer stop
     stats = {"matrices": 0, "iterations": 0, "admm_iterations": 0, "flops": 0.0}
     lock = threading.Lock()
 
     def estimate(a_chunk: Tensor, mask_chunk: Tensor) -> Tensor:
-        out, chunk_stats = _solve(a_chunk, mask_chunk, tau, threshold, max_iters, tol)
+        out, chunk_stats = _solve(a_chunk, mask_chunk, mu, max_iters, tol)
         with lock:
             for key, value in chunk_stats.items():
                 stats[key] += value
@@ -119,9 +118,7 @@ def nuclear_norm_with_stats(
     return out, stats
 
 
-def _solve(
-    a: Tensor, mask: Tensor, tau: float, threshold: float, max_iters: int, tol: float,
-) -> tuple[Tensor, dict[str, float]]:
+def _solve(a: Tensor, mask: Tensor, mu: float, max_iters: int, tol: float) -> tuple[Tensor, dict[str, float]]:
     """ADMM to near the optimum, then FISTA to the stopping rule, on one chunk (B, m, n)."""
     transpose = a.shape[-2] > a.shape[-1]  # ADMM's blocks of singular vectors want m <= n
     if transpose:
@@ -129,11 +126,10 @@ def _solve(
     b = zero_fill(a, mask).contiguous()
     obs = mask.to(b.dtype).contiguous()
     stats = {"matrices": b.shape[0], "iterations": 0, "admm_iterations": 0, "flops": 0.0}
-    # Scaling the data by c acts as dividing mu by c: matrices with entries above 1 stop finer
-    # (threshold * min(1, mu / max|a|) / min(1, mu)); data in [-1, 1] keeps ``threshold``.
-    largest = b.abs().amax((-2, -1))
-    mu = 2.0 * tau
-    threshold = threshold * (mu / (largest * min(1.0, mu))).clamp(max=1.0)  # (B,)
+    tau = mu / 2.0
+    # The stop of the module docstring, per matrix: tol * min(1, mu, mu / max|a|) (scaling the
+    # data by c acts as dividing mu by c; data in [-1, 1] keeps tol * min(1, mu)).
+    threshold = tol * (mu / b.abs().amax((-2, -1))).clamp(max=min(1.0, mu))  # (B,)
     start, converged = _admm(b, obs, tau, threshold, max_iters, stats)
     start = torch.where(converged.view(-1, 1, 1), start, b)  # see the module docstring
     out = _fista(b, obs, start, tau, threshold, max_iters, tol, stats)
@@ -145,8 +141,8 @@ def _admm(
 ) -> tuple[Tensor, Tensor]:
     """ADMM on min tau ||X||_* + 0.5 ||obs * (Y - a)||^2 s.t. X = Y (scaled dual L), per matrix
     until its primal and dual residuals fall below SWITCH_FACTOR * threshold (relative), at most
-    min(max_iters, MAX_ADMM_ITERS) steps. b, obs: (B, m, n); threshold (B,). Returns its points (B, m, n) and
-    (B,) bool: True where the residuals met the bound."""
+    min(max_iters, MAX_ADMM_ITERS) steps. b, obs: (B, m, n); threshold (B,). Returns its points
+    (B, m, n) and (B,) bool: True where the residuals met the bound."""
     batch = b.shape[0]
     out = torch.empty_like(b)
     converged = torch.zeros(batch, dtype=torch.bool, device=b.device)

@@ -44,7 +44,7 @@ def step_flops(m: int, n: int, k: int) -> float:
     power step 2 m^2 k, Householder QR 4 m k^2, projection 2 m^2 k + 2 m k^2, Ritz vectors
     2 m k^2; eigh with vectors 9 k^3 (Golub and Van Loan's count for symmetric QR); filter
     matrix 2 m^2 k and its product with the matrix 2 m^2 n."""
-    block = 0.0 if k >= m else 2 * m * m * k + 4 * m * k * k + 2 * m * m * k + 2 * m * k * k + 2 * m * k * k
+    block = 0.0 if k >= m else 4.0 * m * m * k + 8.0 * m * k * k  # the five block terms above
     return 2.0 * m * m * n + block + 9.0 * k**3 + 2.0 * m * m * k + 2.0 * m * m * n
 
 
