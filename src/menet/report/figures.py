@@ -138,13 +138,14 @@ def _stored(path: Path, attack: str, step: str) -> StoredFeatures:
 def steps_figure(figure: Mapping[str, Any], recipe_name: str, root: Path, out: Path,
                  files: ResultFiles | None = None) -> list[str]:
     """Paper Fig. 6: accuracy against attack steps, one panel per dataset, one line per model."""
+    files = files or ResultFiles()
     panels: dict[str, dict[str, list[tuple[float, float]]]] = {}
     for panel, series in figure["panels"].items():
         panels[panel] = {}
         for label, where in series.items():
             run, tag = where.split("/")
             # Only the recipe's own result file RECIPE-TAG: a `menet attack --tag TAG` one may have other settings.
-            result = (files or ResultFiles()).current(root / run).get(f"{recipe_name}-{tag}")
+            result = files.current(root / run).get(f"{recipe_name}-{tag}")
             if result is None:
                 continue
             points = []
@@ -226,12 +227,13 @@ def _attack_text(settings: Mapping[str, Any]) -> str:
 
 def run_figures(runs: Mapping[str, Path], out: Path, files: ResultFiles | None = None) -> list[str]:
     """Sanity-check curves for ``menet report RUN_DIR...``: accuracy against eps and steps."""
+    files = files or ResultFiles()
     lines: list[str] = []
     for axis, label in (("eps", "accuracy-vs-eps.png"), ("steps", "accuracy-vs-steps.png")):
         panels: dict[str, dict[str, list[tuple[float, float]]]] = {}
         for name, path in runs.items():
             series: dict[str, list[tuple[float, float]]] = {}
-            for r in records((files or ResultFiles()).current(path)):
+            for r in records(files.current(path)):
                 if r["attack"] != "pgd" or r["transfer"] or r[axis] is None:
                     continue
                 fixed = "steps" if axis == "eps" else "eps"

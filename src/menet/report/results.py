@@ -17,8 +17,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from menet.report.paired import measured
 from menet.runs import EVAL_DIR, MODEL_FILE, model_fingerprint
-from menet.summary import example_outcomes, examples_key, read_result
+from menet.summary import example_outcomes, read_result
 
 log = logging.getLogger(__name__)
 _FINGERPRINTS: dict[tuple[str, int, int], str] = {}  # (model.pt, mtime, size) -> fingerprint
@@ -146,7 +147,7 @@ def records(results: Mapping[str, dict[str, Any]]) -> list[dict[str, Any]]:
     it was measured on and their per-example outcomes (for paired comparisons; None if absent)."""
     records = []
     for tag, result in results.items():
-        outcomes, examples = example_outcomes(result), examples_key(result)
+        outcomes = example_outcomes(result)
         for name, settings in result["settings"]["attacks"].items():
             transfer = settings.get("attack") == "transfer"
             inner = settings["of"] if transfer else settings
@@ -154,8 +155,6 @@ def records(results: Mapping[str, dict[str, Any]]) -> list[dict[str, Any]]:
                             "eps": inner.get("eps"), "steps": inner.get("steps"), "eot": inner.get("eot", 1),
                             "step_size": inner.get("step_size"), "loss": inner.get("loss"),
                             "draws": result["settings"].get("draws", 1),
-                            "n": result["summary"][name].get("n", result["settings"].get("n", 0)),
-                            "accuracy": result["summary"][name]["robust_all_draws"],
                             "interval": result["summary"][name].get("all_draws_ci"),
-                            "examples": examples, "outcome": outcomes.get(name)})
+                            **measured(result, name, outcomes)})  # accuracy, n, examples, outcome
     return records

@@ -37,6 +37,18 @@ def _named(given: Iterable[str | Path], taken: Iterable[Path]) -> dict[str, Path
     return runs
 
 
+def _named_results(label: str, what: str, by_run: Mapping[str, list[str]]) -> list[str]:
+    """A "**Left out:**"-style paragraph naming each run's results in ``by_run``; none if empty."""
+    if not any(by_run.values()):
+        return []
+    return [f"**{label}:** {what}: " + "; ".join(f"{name}: {', '.join(tags)}" for name, tags in by_run.items() if tags)
+            + ".", ""]
+
+
+def _with_source(by_tag: Mapping[str, str]) -> list[str]:
+    return [f"{tag} (source {src})" for tag, src in by_tag.items()]
+
+
 def write_report(
     out_dir: str | Path,
     *,
@@ -74,7 +86,10 @@ def write_report(
         lines += ["# menet report", ""]
         lines += run_sections(runs, files)
         lines += run_figures(runs, out, files)
-    checks = [c for name, path in runs.items() if files.current(path) for c in sanity_checks(name, files.current(path))]
+    checks = []
+    for name, path in runs.items():
+        if results := files.current(path):
+            checks.extend(sanity_checks(name, results))
     if checks:
         lines += ["## Sanity checks (Carlini et al., 2019)", "",
                   "Robust accuracy must fall towards 0 as eps grows (a plateau flags gradient masking) and converge "
@@ -82,23 +97,14 @@ def write_report(
                   "McNemar's exact test on the same test images (else Fisher's exact test, said so): a difference "
                   "within noise (p >= 0.05) fails nothing, whatever its sign. Failed checks are in bold.",
                   "", "| run | check | verdict | evidence |", "|---|---|---|---|", *[c.line() for c in checks], ""]
-    stale = {name: files.stale(path) for name, path in runs.items()}
-    if any(stale.values()):
-        lines += ["**Left out:** results made with other weights than the run's current model.pt (the run was "
-                  "trained again or further since): "
-                  + "; ".join(f"{name}: {', '.join(tags)}" for name, tags in stale.items() if tags) + ".", ""]
-    sources = {name: files.stale_sources(path) for name, path in runs.items()}
-    if any(sources.values()):
-        lines += ["**Left out:** transfer results crafted on other weights of their source run than its current "
-                  "model.pt (the source was trained again or further since): "
-                  + "; ".join(f"{name}: {', '.join(f'{tag} (source {src})' for tag, src in by_tag.items())}"
-                              for name, by_tag in sources.items() if by_tag) + ".", ""]
-    missing = {name: files.missing_sources(path) for name, path in runs.items()}
-    if any(missing.values()):
-        lines += ["**Unchecked:** transfer results whose source run was not found, so whether they were crafted on "
-                  "its current weights is unknown (kept): "
-                  + "; ".join(f"{name}: {', '.join(f'{tag} (source {src})' for tag, src in by_tag.items())}"
-                              for name, by_tag in missing.items() if by_tag) + ".", ""]
+    lines += _named_results("Left out", "results made with other weights than the run's current model.pt (the run "
+                            "was trained again or further since)", {name: files.stale(path) for name, path in runs.items()})
+    lines += _named_results("Left out", "transfer results crafted on other weights of their source run than its "
+                            "current model.pt (the source was trained again or further since)",
+                            {name: _with_source(files.stale_sources(path)) for name, path in runs.items()})
+    lines += _named_results("Unchecked", "transfer results whose source run was not found, so whether they were "
+                            "crafted on its current weights is unknown (kept)",
+                            {name: _with_source(files.missing_sources(path)) for name, path in runs.items()})
     for path in files.unreadable:
         lines += [f"**Left out:** {path}, not readable (see the warning logged for it).", ""]
     path = out / "report.md"
