@@ -163,6 +163,24 @@ def describe(settings: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def describe_convergence(record: Mapping[str, Any]) -> str:
+    """One paragraph: the curve, and whether it converged or stopped at the cap (and by how much
+    the last doubling still lowered the number)."""
+    points = ", ".join(f"{p['steps']}: {100 * p['accuracy']:.1f}%" for p in record["curve"])
+    last = record["curve"][-1]
+    if record["converged"]:
+        verdict = (f"converged at {last['steps']} steps: the last doubling lost {last['lost']} and gained {last['gained']} "
+                   f"robust examples of {last['n']} (one-sided McNemar p = {last['p_drop']:.3f} >= {record['alpha']})")
+    elif len(record["curve"]) == 1:
+        verdict = f"NOT CHECKED: one step count only ({last['steps']} = cap), so no doubling was tested"
+    else:
+        before = record["curve"][-2]
+        verdict = (f"NOT CONVERGED: stopped at the cap of {record['cap']} steps while still falling "
+                   f"({100 * before['accuracy']:.1f}% -> {100 * last['accuracy']:.1f}% over the last doubling, "
+                   f"one-sided McNemar p = {last['p_drop']:.3g}); the number is an upper bound")
+    return f"Steps doubled until no significant drop ({record['attack']}): {points}; {verdict}."
+
+
 def format_table(result: Mapping[str, Any]) -> str:
     """The result as a Markdown table: per attack the accuracy in all draws and the mean over
     draws, each with its 95% interval, and the number of examples it rests on."""
@@ -184,9 +202,21 @@ def format_table(result: Mapping[str, Any]) -> str:
         lines.append(f"| {name} | {described} | {row.get('n', settings['n'])} | "
                      f"{pct_ci(row['robust_all_draws'], row.get('all_draws_ci'))} | "
                      f"{pct_ci(row['robust_mean_over_draws'], row.get('mean_over_draws_ci'))} | {time_taken} |")
+    if isinstance(result.get("convergence"), dict):
+        lines += ["", describe_convergence(result["convergence"])]
+    if isinstance(result.get("protocol"), dict):
+        lines += ["", describe_protocol_record(result["protocol"])]
     for warning in result.get("warnings", []):
         lines += ["", f"**Warning:** {warning}"]
     return "\n".join(lines) + "\n"
+
+
+def describe_protocol_record(record: Mapping[str, Any]) -> str:
+    """One line: the protocol a result followed and the settings overridden by flags."""
+    overridden = record.get("overridden") or []
+    return (f"Protocol: {record.get('name')} ({record.get('summary', '')})"
+            + (f"; overridden: {', '.join(overridden)}" if overridden else "; no setting overridden")
+            + (f". Source: {record['reference']}" if record.get("reference") else "") + ".")
 
 
 def read_result(path: str | Path) -> dict[str, Any]:
@@ -201,5 +231,6 @@ def read_result(path: str | Path) -> dict[str, Any]:
     return with_intervals(data)
 
 
-__all__ = ["CLEAN", "RESULT_FORMAT", "WORST", "bracket", "describe", "example_outcomes", "examples_key", "format_table",
+__all__ = ["CLEAN", "RESULT_FORMAT", "WORST", "bracket", "describe", "describe_convergence", "describe_protocol_record",
+           "example_outcomes", "examples_key", "format_table",
            "interval_note", "pct_ci", "read_result", "robust_tables", "summarise", "with_intervals"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -57,6 +58,40 @@ def build_attacks(args: argparse.Namespace, source: object | None) -> dict:
     return attacks
 
 
+def with_steps(attack: object, steps: int) -> object:
+    """``attack`` with ``steps`` steps (through a transfer wrapper); TypeError if it has none."""
+    import dataclasses
+
+    from menet.attacks.transfer import Transfer
+
+    if isinstance(attack, Transfer):
+        return dataclasses.replace(attack, attack=with_steps(attack.attack, steps))
+    if "steps" not in {f.name for f in dataclasses.fields(attack)}:
+        raise TypeError(f"--converge doubles an attack's steps: {attack.name!r} has none")
+    return dataclasses.replace(attack, steps=steps)
+
+
+def protocol_attacks(args: argparse.Namespace, dataset: str, source: object | None) -> tuple[object, Callable[[int], dict]]:
+    """(the resolved protocol, steps -> its attacks) for --protocol, the flags overriding its fields."""
+    from menet.attack_settings import build_attacks as build_from_settings
+    from menet.config import ConfigError
+    from menet.protocols import resolve
+
+    clashing = [flag for flag, value in (("--attack", args.attack), ("--set", args.set), ("--samples", args.samples),
+                                         ("--rank", args.rank)) if value]
+    if clashing:
+        raise ConfigError(f"--protocol fixes the attack: drop {', '.join(clashing)} (or drop --protocol)")
+    resolved = resolve(args.protocol, dataset, eps=args.eps, step_size=args.step_size, steps=args.steps, eot=args.eot,
+                       draws=args.draws, images=args.n, converge=args.converge, converge_cap=args.converge_cap,
+                       restarts=args.restarts, loss=args.loss)
+    label = ("transfer-" if source is not None else "") + args.protocol
+
+    def attacks_at(steps: int) -> dict:
+        return {label: next(iter(build_from_settings({label: resolved.attack_at(steps)}, source).values()))}
+
+    return resolved, attacks_at
+
+
 def plain(text: str) -> str:
     """A docstring fragment as plain text: reStructuredText roles and ``literals`` unquoted."""
     text = re.sub(r":[a-z]+:`([^`]*)`", r"\1", text)
@@ -66,6 +101,11 @@ def plain(text: str) -> str:
 def cmd_attack(args: argparse.Namespace) -> int:
     from menet.attacks import attack_names, describe_attack
 
+    if args.list_protocols:
+        from menet.protocols import describe_protocols
+
+        print(describe_protocols(), end="")
+        return 0
     if args.list:
         print("attacks (--attack NAME):")
         for name in attack_names():
@@ -74,8 +114,9 @@ def cmd_attack(args: argparse.Namespace) -> int:
         for flag, text in ATTACK_MODIFIERS:
             print(f"  {flag:<20}{text}")
         return 0
-    if not args.run_dir or not args.attack:
-        raise ValueError("give a run directory and at least one --attack (menet attack --list lists them)")
+    if not args.run_dir or not (args.attack or args.protocol):
+        raise ValueError("give a run directory and at least one --attack or a --protocol "
+                         "(menet attack --list and --list-protocols list them)")
     from menet.data import load_dataset
     from menet.distributed import setup_distributed
     from menet.evaluation import ResultStore, environment, evaluate
@@ -92,12 +133,33 @@ def cmd_attack(args: argparse.Namespace) -> int:
             raise ValueError(f"transfer source {args.transfer_from} was trained on {source_config.dataset}, "
                              f"the target {run} on {config.dataset}: they must share the dataset")
         source = load_model(args.transfer_from, gradient=args.gradient)
-    attacks = build_attacks(args, source)
+    protocol = None
+    if args.protocol:
+        protocol, attacks_at = protocol_attacks(args, config.dataset, source)
+        attacks = attacks_at(protocol.attack["steps"])
+        args.n = protocol.images if args.n is None else args.n
+        draws, start, cap = protocol.draws, protocol.converge, protocol.converge_cap
+    else:
+        attacks = build_attacks(args, source)
+        draws = 1 if args.draws is None else args.draws
+        start = cap = None
+        if args.converge:
+            if len(attacks) != 1:
+                raise ValueError(f"--converge doubles one attack's steps: give one --attack, not {len(attacks)}")
+            (label, attack), = attacks.items()
+            start = getattr(getattr(attack, "attack", attack), "steps", None)
+            with_steps(attack, 1)  # an attack without steps fails here, before any work
+            cap = args.converge_cap if args.converge_cap is not None else 8 * start
+
+            def attacks_at(steps: int) -> dict:
+                return {label: with_steps(attack, steps)}
+        elif args.converge_cap is not None:
+            raise ValueError("--converge-cap goes with --converge")
     if args.save_features:  # before the attacks run, not after
         from menet.features_store import check_features
 
         check_features(model)
-    for flag, value in (("--n", args.n), ("--offset", args.offset), ("--batch-size", args.batch_size), ("--draws", args.draws)):
+    for flag, value in (("--n", args.n), ("--offset", args.offset), ("--batch-size", args.batch_size), ("--draws", draws)):
         if value is not None and value < (0 if flag == "--offset" else 1):
             raise ValueError(f"{flag} must be {'>= 0' if flag == '--offset' else '>= 1'}, got {value}")
     test = load_dataset(config.dataset, "test", args.data_dir or config.data_dir, verify=config.verify_checksums)
@@ -108,6 +170,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
     tag = args.tag or "-".join(attacks)
     metadata = {"run": str(run), "dataset": config.dataset, "offset": args.offset, "gradient": args.gradient,
                 "transfer_from": args.transfer_from, **environment()}
+    if protocol is not None:
+        metadata["protocol"] = protocol.record()
     store = ResultStore(run / EVAL_DIR, tag, resume=args.resume, overwrite=args.overwrite, metadata=metadata)
     if int(os.environ.get("RANK", "0")) == 0:  # before any work; under torchrun rank 0 owns the files
         store.check()
@@ -117,14 +181,22 @@ def cmd_attack(args: argparse.Namespace) -> int:
         source.to(place.device)
     inputs = evaluation_inputs(run, dataset=config.dataset, offset=args.offset, gradient=args.gradient,
                                transfer_from=args.transfer_from)
-    result = evaluate(model, images, labels, attacks, draws=args.draws, seed=args.seed, batch_size=args.batch_size,
-                      cascade=args.cascade, device=place.device, store=store, inputs=inputs, rank=place.rank, world=place.world,
-                      progress=progress(args.quiet or place.rank != 0))
+    common = dict(draws=draws, seed=args.seed, batch_size=args.batch_size, cascade=args.cascade, device=place.device,
+                  inputs=inputs, rank=place.rank, world=place.world, progress=progress(args.quiet or place.rank != 0))
+    if start is not None:
+        from menet.convergence import evaluate_converged
+
+        result = evaluate_converged(model, images, labels, attacks_at, start=start, cap=cap, eval_dir=run / EVAL_DIR,
+                                    tag=tag, resume=args.resume, overwrite=args.overwrite, metadata=metadata, **common)
+    else:
+        result = evaluate(model, images, labels, attacks, store=store, **common)
     if place.rank == 0:
         from menet.evaluation import format_table
 
         print(format_table(result), end="")
         print(f"wrote {store.json_path} and {store.md_path}")
+        if start is not None:  # the features of the attack at the step count it converged at
+            attacks = attacks_at(result["convergence"]["steps"])
         if args.save_features:  # Figs. 4 and 5 of a report draw these (the attacks are run once more)
             from menet.features_store import features_path, save_features
 
@@ -142,7 +214,9 @@ def add_attack_parser(sub: argparse._SubParsersAction) -> None:
                             epilog="examples:\n  menet attack runs/cifar10-menet --attack pgd --steps 1000 --eps 8/255 "
                             "--step-size 2/255 --draws 5\n  menet attack runs/cifar10-menet --attack pgd --eot 10 --steps 200\n"
                             "  menet attack runs/cifar10-menet --attack fgsm --attack pgd --transfer-from runs/cifar10-copy\n"
-                            "  menet attack --list", formatter_class=argparse.RawDescriptionHelpFormatter)
+                            "  menet attack runs/cifar10-menet --protocol tramer2020\n"
+                            "  menet attack runs/cifar10-menet --attack pgd --eot 10 --steps 25 --converge --converge-cap 400\n"
+                            "  menet attack --list\n  menet attack --list-protocols", formatter_class=argparse.RawDescriptionHelpFormatter)
     attack.add_argument("run_dir", nargs="?", help="a run folder written by menet train")
     attack.add_argument("--list", action="store_true", help="list the attacks, one line each")
     attack.add_argument("--attack", action="append", help="an attack name (repeat for several); see --list")
@@ -155,7 +229,17 @@ def add_attack_parser(sub: argparse._SubParsersAction) -> None:
     attack.add_argument("--rank", type=int, help="subspace rank (projected_bpda)")
     attack.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other attack setting")
     attack.add_argument("--eot", type=int, help="average each gradient over this many mask draws (EOT)")
-    attack.add_argument("--draws", type=int, default=1, help="scoring draws per example: robust only if correct in all (default 1)")
+    attack.add_argument("--draws", type=int, help="scoring draws per example: robust only if correct in all (default 1, "
+                        "or the protocol's)")
+    attack.add_argument("--protocol", help="a named protocol (paper, tramer2020, autoattack-rand, strong): the attack and "
+                        "all its settings; the flags above override its fields; see --list-protocols")
+    attack.add_argument("--list-protocols", dest="list_protocols", action="store_true",
+                        help="list the protocols with their settings and sources")
+    attack.add_argument("--converge", action=argparse.BooleanOptionalAction, default=None,
+                        help="double the attack's steps (from --steps) until a paired test sees no further drop "
+                        "(on with --protocol strong; --no-converge turns it off)")
+    attack.add_argument("--converge-cap", dest="converge_cap", type=int,
+                        help="most steps --converge may reach (default 8 x the first; reaching it is reported)")
     attack.add_argument("--save-features", dest="save_features", action="store_true",
                         help="also store the penultimate features of the clean and attacked images in "
                         "RUN_DIR/eval/TAG.features.npz (for Figs. 4 and 5 of a report; runs the attacks once more)")
