@@ -237,8 +237,12 @@ def get_field(obj: object, dotted: str) -> Any:
 
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
-    """Build a TrainConfig from nested dicts; unknown keys are errors naming them."""
+    """Build a TrainConfig from nested dicts; unknown keys are errors naming them. A top-level
+    ``sources`` mapping (setting -> where its value comes from) is provenance, not a setting: it
+    is checked (``check_sources``) and dropped; ``menet.recipe`` reads it from the YAML."""
     data = dict(data)
+    if "sources" in data:
+        check_sources(data.pop("sources"))
     sections = {"defense": DefenseConfig, "attack": AttackConfig}
     for key, cls in sections.items():
         section = data.get(key) or {}
@@ -254,6 +258,28 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     if "name" not in data:
         raise ConfigError("config field name is required")
     return TrainConfig(**data)
+
+
+def setting_names() -> set[str]:
+    """Every setting of a TrainConfig by dotted name (``epochs``, ``defense``, ``defense.p_start``)."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    for section, cls in (("defense", DefenseConfig), ("attack", AttackConfig)):
+        names |= {f"{section}.{f.name}" for f in dataclasses.fields(cls)}
+    return names
+
+
+def check_sources(sources: Any, where: str = "config field sources") -> dict[str, str]:
+    """Check a ``sources`` mapping of a training config: setting (dotted) -> a non-empty text
+    naming where its value comes from (paper section, original code file, or "our choice: why")."""
+    if not isinstance(sources, dict):
+        raise ConfigError(f"{where} must be a mapping of setting to source text, got {sources!r}")
+    known = setting_names()
+    for key, text in sources.items():
+        if key not in known:
+            raise ConfigError(f"{where}: {key!r} names no config setting; valid: {', '.join(sorted(known))}")
+        if not isinstance(text, str) or not text.strip():
+            raise ConfigError(f"{where}: {key!r} must be a non-empty text, got {text!r}")
+    return dict(sources)
 
 
 def _check_keys(cls: type, data: dict[str, Any], prefix: str = "") -> None:

@@ -16,7 +16,16 @@ A recipe (YAML, see recipes/table1.yaml) has:
   names an evaluation result ("clean" for clean accuracy), ``paper`` the paper's number;
 - ``figures``: ``{kind: ranks | reconstructions | tsne | distances | steps, ...}``; tsne and
   distances figures name the stored features they draw: ``features: tag/attack`` of an
-  evaluation with ``features: true``.
+  evaluation with ``features: true``;
+- ``sources`` (optional): setting -> where its value comes from ("paper Sec. 3.1", "original
+  code train_adv.py: ...", "our choice: why"). A setting is a dotted path: ``runs.NAME`` or
+  ``runs.NAME.FIELD`` (``epochs``, ``defense.p_start``), ``evaluations.TAG`` or
+  ``evaluations.TAG.KEY`` (``images``, ``eps``), ``evaluations.TAG.attacks.NAME`` or
+  ``evaluations.TAG.attacks.NAME.KEY`` (``steps``); a path covers every setting below it. A
+  training config may carry its own ``sources: {FIELD: text}``; a run built on it inherits them
+  as ``runs.NAME.FIELD``, except for the fields the run sets itself. Each path must name a
+  setting the recipe has; ``required_settings`` are those every shipped recipe must source, and
+  the report prints the sources of each table's settings beneath it.
 
 Scaling a recipe down is ``menet.scaling``; running it is ``menet.reproduce``. Attack settings
 are checked by building the attacks (``menet.attack_settings``, imported when a recipe is
@@ -33,7 +42,7 @@ from typing import Any
 
 import yaml
 
-from menet.config import ConfigError, TrainConfig, config_from_dict, load_recipe
+from menet.config import ConfigError, TrainConfig, check_sources, config_from_dict, load_recipe, setting_names
 
 FIGURE_KINDS = ("ranks", "reconstructions", "tsne", "distances", "steps")
 
@@ -72,6 +81,8 @@ class Recipe:
     tables: tuple[dict[str, Any], ...]
     figures: tuple[dict[str, Any], ...]
     notes: str = ""
+    # setting path (runs.NAME.FIELD, evaluations.TAG.KEY, ...) -> its source (see the module docstring)
+    sources: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def _fraction(value: Any, where: str) -> float:
@@ -103,29 +114,46 @@ def get_field(data: dict[str, Any], dotted: str) -> Any:
     return data
 
 
-def _run_config(name: str, spec: Any, folder: Path, where: str) -> dict[str, Any]:
+def _run_config(name: str, spec: Any, folder: Path, where: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """The run's config fields, and the sources (FIELD -> text) it keeps from its base."""
     if not isinstance(spec, dict):
         raise RecipeError(f"{where}: run {name!r} must be a mapping (base/set or config fields)")
     spec = dict(spec)
     data: dict[str, Any] = {}
-    if "base" in spec:
-        try:
-            data = load_recipe(folder / spec.pop("base"))
-        except ConfigError as err:
-            raise RecipeError(f"{where}: run {name!r}: {err}") from None
+    sources: dict[str, str] = {}
+    try:
+        if "base" in spec:
+            base = folder / spec.pop("base")
+            data = load_recipe(base)
+            sources = check_sources(data.pop("sources", {}), f"{base}: sources")
+        own = check_sources(spec.pop("sources", {}), "sources")
+    except ConfigError as err:
+        raise RecipeError(f"{where}: run {name!r}: {err}") from None
     overrides = spec.pop("set", {}) or {}
     data = copy.deepcopy(data)
     for key, value in {**spec, **overrides}.items():
         set_field(data, key, value)
+        # The base's source of a field the run sets itself no longer applies.
+        sources = {field: text for field, text in sources.items() if not _covers(field, key) and not _covers(key, field)}
     data["name"] = name
     # A base's sections that this run's mode ignores (e.g. the attack of an adversarial base
     # reused for a vanilla run) are dropped, not carried along unused.
     mode = data.get("mode", "vanilla")
+    dropped = []
     if mode in ("vanilla", "madry"):
         data.pop("defense", None)
+        dropped.append("defense")
     if mode in ("vanilla", "menet"):
         data.pop("attack", None)
-    return data
+        dropped.append("attack")
+    sources = {field: text for field, text in {**sources, **own}.items()
+               if not any(_covers(section, field) for section in dropped)}
+    return data, sources
+
+
+def _covers(key: str, path: str) -> bool:
+    """Whether the source key ``key`` covers the setting ``path``: the same, or a dotted prefix."""
+    return path == key or path.startswith(key + ".")
 
 
 def load_paper_recipe(path: str | Path) -> Recipe:
@@ -141,7 +169,7 @@ def load_paper_recipe(path: str | Path) -> Recipe:
     if not isinstance(data, dict) or "runs" not in data:
         raise RecipeError(f"{where}: a paper recipe is a mapping with runs, evaluations, tables and figures "
                           "(training configs go to `menet train`)")
-    unknown = sorted(set(data) - {"title", "runs", "evaluations", "tables", "figures", "notes"})
+    unknown = sorted(set(data) - {"title", "runs", "evaluations", "tables", "figures", "notes", "sources"})
     if unknown:
         raise RecipeError(f"{where}: unknown key(s) {', '.join(unknown)}")
     for key, kind, example in (("runs", dict, "a mapping of run name to config"),
@@ -150,20 +178,25 @@ def load_paper_recipe(path: str | Path) -> Recipe:
         if data.get(key) is not None and not isinstance(data[key], kind):
             raise RecipeError(f"{where}: {key} must be {example}, got {type(data[key]).__name__}")
     runs: dict[str, TrainConfig] = {}
+    sources: dict[str, str] = {}
     for name, spec in (data.get("runs") or {}).items():
+        fields, inherited = _run_config(name, spec, path.parent, where)
         try:
-            config = config_from_dict(_run_config(name, spec, path.parent, where))
+            config = config_from_dict(fields)
             config.validate()
         except ConfigError as err:
             raise RecipeError(f"{where}: run {name!r}: {err}") from None
         runs[name] = config
+        sources.update({f"runs.{name}.{field}": text for field, text in inherited.items()})
     evaluations = tuple(_evaluation(tag, spec, runs, where) for tag, spec in (data.get("evaluations") or {}).items())
     # A cell run/tag/attack must name a run that the evaluation tag attacks, and one of its attacks.
     known_cells = {f"{run}/{e.tag}/{name}" for e in evaluations for run in e.runs
                    for name in [*e.attacks, "clean", "worst case"]}
     tables = tuple(_table(table, known_cells, where) for table in data.get("tables") or ())
     figures = tuple(_figure(figure, runs, evaluations, where) for figure in data.get("figures") or ())
-    return Recipe(path.stem, str(data.get("title", path.stem)), runs, evaluations, tables, figures, str(data.get("notes", "")))
+    sources.update(_sources(data.get("sources"), runs, evaluations, where))
+    return Recipe(path.stem, str(data.get("title", path.stem)), runs, evaluations, tables, figures,
+                  str(data.get("notes", "")), sources)
 
 
 def _evaluation(tag: str, spec: Any, runs: Mapping[str, TrainConfig], where: str) -> EvaluationSpec:
@@ -214,6 +247,118 @@ def _evaluation(tag: str, spec: Any, runs: Mapping[str, TrainConfig], where: str
             raise RecipeError(f"{where}: evaluation {tag!r}: gradient must be one of {', '.join(GRADIENTS)}, "
                               f"got {spec['gradient']!r}")
     return EvaluationSpec(tag, targets, attacks, **spec)
+
+
+_EVALUATION_KEYS = ("runs", "attacks", "transfer_from", "draws", "images", "seed", "gradient", "batch_size", "features",
+                    "eps", "step_size")
+
+
+def _sources(given: Any, runs: Mapping[str, TrainConfig], evaluations: tuple[EvaluationSpec, ...], where: str
+             ) -> dict[str, str]:
+    """The recipe's ``sources``, checked: each key names a setting of the recipe, each value is a text."""
+    from menet.attack_settings import attack_fields
+
+    if given is None:
+        return {}
+    if not isinstance(given, dict):
+        raise RecipeError(f"{where}: sources must be a mapping of setting (runs.NAME.FIELD, evaluations.TAG.KEY, ...) "
+                          f"to its source, got {type(given).__name__}")
+    by_tag = {spec.tag: spec for spec in evaluations}
+    fields = setting_names()
+    for key, text in given.items():
+        at = f"{where}: sources: {key!r}"
+        if not isinstance(text, str) or not text.strip():
+            raise RecipeError(f"{at} must be a non-empty text (paper section, original code, or 'our choice: why'), "
+                              f"got {text!r}")
+        parts = str(key).split(".")
+        if parts[0] == "runs" and len(parts) >= 2:
+            run, field = parts[1], ".".join(parts[2:])
+            if run not in runs:
+                raise RecipeError(f"{at} names run {run!r}, which the recipe does not define")
+            config = runs[run]
+            if field and field not in fields:
+                raise RecipeError(f"{at}: {field!r} is no setting of a run; valid: {', '.join(sorted(fields))}")
+            section = field.split(".")[0]
+            if (section == "defense" and not config.defended) or (section == "attack" and config.mode not in ("madry", "menet-adv")):
+                raise RecipeError(f"{at}: run {run!r} (mode {config.mode}) has no {section} settings")
+        elif parts[0] == "evaluations" and len(parts) >= 2:
+            spec = by_tag.get(parts[1])
+            if spec is None:
+                raise RecipeError(f"{at} names evaluation {parts[1]!r}, which the recipe does not define")
+            rest = parts[2:]
+            if rest and rest[0] not in _EVALUATION_KEYS:
+                raise RecipeError(f"{at}: {rest[0]!r} is no setting of an evaluation; valid: {', '.join(_EVALUATION_KEYS)}")
+            if rest and rest[0] in ("eps", "step_size") and not any(rest[0] in a for a in spec.attacks.values()):
+                raise RecipeError(f"{at}: no attack of evaluation {spec.tag!r} has a {rest[0]}")
+            if rest and rest[0] == "attacks" and len(rest) > 1:
+                if rest[1] not in spec.attacks:
+                    raise RecipeError(f"{at} names attack {rest[1]!r}, which evaluation {spec.tag!r} does not run; "
+                                      f"valid: {', '.join(spec.attacks) or 'none'}")
+                settings = attack_fields(spec.attacks[rest[1]]["attack"]) | {"attack", "eot"}
+                if len(rest) > 3 or (len(rest) == 3 and rest[2] not in settings):
+                    raise RecipeError(f"{at}: {'.'.join(rest[2:])!r} is no setting of attack "
+                                      f"{spec.attacks[rest[1]]['attack']!r}; valid: {', '.join(sorted(settings))}")
+            elif len(rest) > 1:
+                raise RecipeError(f"{at}: {'.'.join(rest)!r} is no setting of an evaluation")
+        else:
+            raise RecipeError(f"{at} names no setting: a key is runs.NAME[.FIELD], evaluations.TAG[.KEY] or "
+                              "evaluations.TAG.attacks.NAME[.KEY]")
+    return {str(key): str(text).strip() for key, text in given.items()}
+
+
+def source_of(sources: Mapping[str, str], path: str) -> tuple[str, str] | None:
+    """(key, text) of the most specific source covering the setting ``path``, or None. An
+    attack's eps / step_size is also covered by its evaluation's (``evaluations.TAG.eps``)."""
+    parts = path.split(".")
+    # (key, how specific): the deeper a covering key, the more specific; the evaluation's own
+    # eps / step_size ranks just below the attack's and above a key covering the whole attack.
+    candidates = [(key, key.count(".") + 1) for key in sources if _covers(key, path)]
+    if len(parts) == 5 and parts[0] == "evaluations" and parts[2] == "attacks" and parts[4] in ("eps", "step_size"):
+        shared = f"evaluations.{parts[1]}.{parts[4]}"
+        if shared in sources:
+            candidates.append((shared, 4.5))
+    if not candidates:
+        return None
+    key = max(candidates, key=lambda item: item[1])[0]
+    return key, sources[key]
+
+
+# The run settings every shipped recipe must source (besides those a mode adds and those set
+# away from their defaults): the ones that shape the weights and that the paper may not state.
+_RUN_REQUIRED = ("model", "epochs", "batch_size", "optimizer", "lr", "lr_milestones", "weight_decay")
+
+
+def required_settings(recipe: Recipe) -> list[str]:
+    """The setting paths of ``recipe`` that must have a source: per run its network, schedule
+    and optimiser (momentum with SGD), its seed, data limit and mask strategy where not the
+    default, its defense (defended modes) and training attack (madry, menet-adv); per
+    evaluation its images, draws, seed, gradient and transfer source where set, and every
+    setting given to each attack (its eps and step size included)."""
+    paths = []
+    for name, config in recipe.runs.items():
+        fields = list(_RUN_REQUIRED) + (["momentum"] if config.optimizer == "sgd" else [])
+        fields += [f for f, default in (("seed", 0), ("train_limit", None), ("lr_gamma", 0.1), ("model_options", {}))
+                   if getattr(config, f) != default]
+        if config.mode == "menet":
+            fields.append("masks")
+        if config.defended:
+            fields += ["defense.method", "defense.layout", "defense.p_start", "defense.p_end", "defense.n_masks"]
+            fields += [f"defense.{f}" for f in ("p_infer", "options") if getattr(config.defense, f)]
+        if config.mode in ("madry", "menet-adv"):
+            fields += ["attack.eps", "attack.step", "attack.steps"]
+        paths += [f"runs.{name}.{field}" for field in fields]
+    for spec in recipe.evaluations:
+        keys = [k for k, default in (("images", None), ("draws", 1), ("seed", 0), ("gradient", "bpda"), ("transfer_from", None))
+                if getattr(spec, k) != default]
+        paths += [f"evaluations.{spec.tag}.{k}" for k in keys]
+        paths += [f"evaluations.{spec.tag}.attacks.{name}.{k}" for name, settings in spec.attacks.items()
+                  for k in settings if k != "attack"]
+    return paths
+
+
+def unsourced(recipe: Recipe) -> list[str]:
+    """The ``required_settings`` of ``recipe`` that no source covers."""
+    return [path for path in required_settings(recipe) if source_of(recipe.sources, path) is None]
 
 
 def _check_int(value: Any, low: int, where: str) -> None:

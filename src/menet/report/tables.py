@@ -1,5 +1,6 @@
 """The report's tables: a recipe's tables in the paper's layout (our number beside the paper's),
-the settings behind every number, and per run the table of each of its evaluations.
+the settings behind every number and where each setting comes from (the recipe's ``sources``),
+and per run the table of each of its evaluations.
 
 Numbers come from result files only (``ResultFiles``); a cell without a result reads "not run".
 """
@@ -122,7 +123,71 @@ def recipe_tables(recipe: Recipe, runs_root: Path, files: ResultFiles | None = N
         if table.get("note"):
             lines += ["", str(table["note"]).strip()] if not found else [str(table["note"]).strip()]
         lines.append("")
+        lines += source_lines(recipe, _table_keys(recipe, [table]), "behind this table")
     return lines, list(used.values())
+
+
+def _table_keys(recipe: Recipe, tables: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The recipe's source keys for the settings behind ``tables``: of the runs their cells name
+    (and the transfer sources of those evaluations), of those evaluations, and of the attacks named."""
+    runs: set[str] = set()
+    attacks: dict[str, set[str]] = {}  # tag -> the attacks named
+    for table in tables:
+        for row in table["rows"]:
+            for cell in [*(row.get("cells") or []), *(row.get("adaptive") or [])]:
+                if cell is not None:
+                    run, tag, name = cell.split("/")
+                    runs.add(run)
+                    attacks.setdefault(tag, set()).add(name)
+    for spec in recipe.evaluations:
+        if spec.tag in attacks and spec.transfer_from:
+            runs.add(spec.transfer_from)
+    keys = []
+    for key in recipe.sources:
+        parts = key.split(".")
+        if parts[0] == "runs" and parts[1] in runs:
+            keys.append(key)
+        elif parts[0] == "evaluations" and parts[1] in attacks:
+            if len(parts) < 4 or parts[2] != "attacks" or parts[3] in attacks[parts[1]]:
+                keys.append(key)
+    return keys
+
+
+def _owner(key: str) -> tuple[str, str]:
+    """(whose setting, which setting) of a source key: a run by name, an evaluation as tag or
+    tag/attack; "all settings" where the key covers every setting below it."""
+    parts = key.split(".")
+    if parts[0] == "runs":
+        return parts[1], ".".join(parts[2:]) or "all settings"
+    if len(parts) >= 4 and parts[2] == "attacks":
+        return f"{parts[1]}/{parts[3]}", ".".join(parts[4:]) or "all settings"
+    return parts[1], ".".join(parts[2:]) or "all settings"
+
+
+def source_lines(recipe: Recipe, keys: Iterable[str], what: str) -> list[str]:
+    """Markdown lines: the sources of the settings ``keys`` name, the same source said once for
+    all the settings and runs / evaluations that share it; none when there are no keys."""
+    by_field: dict[tuple[str, str], list[str]] = {}  # (setting, source) -> whose
+    for key in keys:
+        owner, field = _owner(key)
+        by_field.setdefault((field, recipe.sources[key]), []).append(owner)
+    grouped: dict[tuple[tuple[str, ...], str], list[str]] = {}  # (whose, source) -> settings
+    for (field, text), owners in by_field.items():
+        grouped.setdefault((tuple(owners), text), []).append(field)
+    if not grouped:
+        return []
+    lines = [f"**Sources of the settings {what}** (runs by name, evaluations as tag or tag/attack; the recipe's "
+             "values, before any scale's caps; \"original code\" is github.com/YyzHarry/ME-Net):", ""]
+    for (owners, text), fields in grouped.items():
+        lines.append(f"- {', '.join(owners)}: {', '.join(fields)}: {text}")
+    return [*lines, ""]
+
+
+def other_source_lines(recipe: Recipe) -> list[str]:
+    """The sources of the recipe's settings that no table shows (e.g. those behind its figures)."""
+    shown = set(_table_keys(recipe, recipe.tables))
+    rest = [key for key in recipe.sources if key not in shown]
+    return source_lines(recipe, rest, "behind the figures" if not recipe.tables else "that no table shows")
 
 
 def settings_lines(used: Iterable[tuple[str, dict[str, Any]]]) -> list[str]:

@@ -1,5 +1,5 @@
-"""Writing a report: ``report.md`` with a recipe's tables, the settings behind the numbers,
-figures, and the sanity checks, or, for run folders, each run's evaluations.
+"""Writing a report: ``report.md`` with a recipe's tables, the settings behind the numbers and
+their sources, figures, and the sanity checks, or, for run folders, each run's evaluations.
 
 A pure reader of run folders, result files and stored features: it trains nothing, loads no
 model and runs no attack, so re-rendering a report takes seconds.
@@ -16,7 +16,7 @@ from menet.recipe import Recipe
 from menet.report.checks import sanity_checks
 from menet.report.figures import recipe_figures, run_figures
 from menet.report.results import ResultFiles
-from menet.report.tables import recipe_tables, run_sections, settings_lines
+from menet.report.tables import other_source_lines, recipe_tables, run_sections, settings_lines
 from menet.scaling import scale_summary
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,7 @@ def write_report(
         if used:
             lines += ["### Settings behind these numbers", "", *settings_lines(used), ""]
         lines += recipe_figures(recipe, root, out, data_dirs=data_dirs, say=say, files=files)
+        lines += other_source_lines(recipe)
     runs.update(_named(run_dirs, runs.values()))
     if recipe is None:
         lines += ["# menet report", ""]
