@@ -20,7 +20,9 @@ def test_demo_trains_attacks_and_reports(tmp_path, capsys):
     assert "In brackets: 95% intervals" in printed and "%** [" in printed  # every number with its interval
     assert "Paired comparisons" in printed and "- transfer PGD-40: ME-Net LeNet" in printed and "vs vanilla LeNet: " in printed
     report = (out / "report.md").read_text()
-    for needed in ("transfer FGSM", "white-box PGD-40 (BPDA)", "BPDA + EOT-4", "Sanity checks", "ranks-fashion-mnist.png",
+    assert "Convergence (the attack's steps doubled" in printed and "converged at" in printed  # the white-box curve
+    for needed in ("transfer FGSM", "white-box PGD (BPDA), steps to convergence", "BPDA + EOT-4", "Sanity checks",
+                   "ranks-fashion-mnist.png",
                    "reconstructions-fashion-mnist.png"):
         assert needed in report, needed
     for name in ("ranks-fashion-mnist.png", "reconstructions-fashion-mnist.png"):

@@ -2,7 +2,7 @@
 its fields, and the result records the protocol and every resolved setting.
 
 The expected settings are the sources' own numbers, written out here from the sources (the
-paper's Sec. 5.2, Tramèr et al.'s notebook, AutoAttack's 'rand' version), not read back from
+paper's Sec. 3.3, Tramèr et al.'s notebook, AutoAttack's 'rand' version), not read back from
 the code under test.
 """
 
@@ -87,7 +87,7 @@ def test_list_protocols_prints_settings_and_sources(capsys):
     assert out == describe_protocols()
     for name in protocol_names():
         assert f"\n{name}: " in "\n" + out
-    assert "num_steps = 200" in out and "eot_iter = 20" in out and "Sec. 5.2" in out
+    assert "num_steps = 200" in out and "eot_iter = 20" in out and "Sec. 3.3" in out and "Sec. 3.2" in out
 
 
 def test_protocol_from_the_cli_records_the_protocol_and_every_setting(tmp_path, capsys):

@@ -43,10 +43,11 @@ def main_table(report: Path) -> str:
     end = next((i for i in range(start + 2, len(lines)) if not lines[i].startswith("|")), len(lines))
     while end < len(lines):  # the paragraphs after the table that belong to it
         paragraph = next((i for i in range(end, len(lines)) if lines[i].strip()), len(lines))
-        if paragraph == len(lines) or not lines[paragraph].startswith(("In brackets", "Paired comparisons", "- ")):
+        if paragraph == len(lines) or not lines[paragraph].startswith(("In brackets", "Paired comparisons", "Convergence",
+                                                                       "- ")):
             break
         end = next((i for i in range(paragraph, len(lines)) if not lines[i].strip()), len(lines))
-        if lines[paragraph].startswith("Paired comparisons"):  # its list follows a blank line
+        if lines[paragraph].startswith(("Paired comparisons", "Convergence")):  # its list follows a blank line
             end = next((i for i in range(end + 1, len(lines)) if not lines[i].startswith("- ")), len(lines))
     return "\n".join(lines[start:end]).rstrip()
 

@@ -24,6 +24,7 @@ import torch
 from menet.attack_settings import build_attacks
 from menet.checkpoint import CheckpointError
 from menet.config import TrainConfig
+from menet.convergence import step_counts
 from menet.data import DatasetError, get_dataset_spec, load_dataset
 from menet.evaluation import evaluation_settings
 from menet.features_store import features_current, features_meta, features_path, read_features
@@ -160,6 +161,9 @@ def _evaluation_seconds(spec: EvaluationSpec, recipe: Recipe, run: str, rates: R
     per_pass = rates.step[_network_key(attacker)] + rates.estimator.get(attack_name, 0.0)
     score = rates.step[_network_key(target)] / 3 + rates.estimator.get(run, 0.0)  # a forward pass ~ 1/3 of a step
     attack_cost = sum(_passes(s) for s in spec.attacks.values()) * per_pass
+    if spec.converge_cap is not None:  # at most every doubling up to the cap
+        (settings,) = spec.attacks.values()
+        attack_cost *= sum(step_counts(settings["steps"], spec.converge_cap)) / settings["steps"]
     total = images * (attack_cost + (1 + len(spec.attacks)) * spec.draws * score)
     if with_features:  # the attacks once more, and one forward pass per image and condition
         total += images * (attack_cost + (1 + len(spec.attacks)) * score)
@@ -201,7 +205,20 @@ def _evaluation_status(eval_dir: Path, tag: str, expected: dict[str, Any] | None
     if not result.is_file():
         return "to do"
     saved = _read_json(result)
+    if isinstance(saved, dict) and isinstance(saved.get("convergence"), dict) and isinstance(saved.get("settings"), dict):
+        saved = {**saved, "settings": _at_start(saved["settings"], saved["convergence"])}
     return "done" if isinstance(saved, dict) and saved.get("settings") == expected else "redo: other settings or weights"
+
+
+def _at_start(settings: dict[str, Any], convergence: dict[str, Any]) -> dict[str, Any]:
+    """A converged result's settings as the chain records them before the doubling (the
+    attack's steps where it started), to compare with what the recipe asks."""
+    attacks = {}
+    for name, attack in settings.get("attacks", {}).items():
+        inner = attack.get("of", attack) if attack.get("attack") == "transfer" else attack
+        inner = {**inner, "steps": convergence.get("start")}
+        attacks[name] = {**attack, "of": inner} if attack.get("attack") == "transfer" else inner
+    return {**settings, "attacks": attacks}
 
 
 def _features_status(path: Path, meta: dict[str, Any] | None) -> str:

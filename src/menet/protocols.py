@@ -8,7 +8,7 @@ stores (the protocol, its source, every resolved setting and which ones were ove
 
 Protocols (``menet attack --list-protocols`` prints them with their settings and sources):
 
-- ``paper``: the ME-Net paper's white-box setting, BPDA PGD of 1000 steps (Sec. 5.2, Table 4);
+- ``paper``: the ME-Net paper's white-box setting, BPDA PGD of 1000 steps (Sec. 3.3, Table 4);
 - ``tramer2020``: Tramèr et al. (2020)'s attack on ME-Net: 200 BPDA steps of 5 eps / 200 with
   41 gradient samples per step, one scoring pass, the first 1000 test images;
 - ``autoattack-rand``: AutoAttack's version for randomised defenses (APGD-CE + APGD-DLR, 20
@@ -25,7 +25,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
-# The paper's L-inf budgets and PGD step sizes per dataset (Sec. 5.2, "Experimental setup"):
+# The paper's L-inf budgets and PGD step sizes per dataset (Sec. 3.3, "Evaluation with Different Datasets"):
 # MNIST 0.3 with step 0.01; CIFAR-10, SVHN and Tiny-ImageNet 8/255 with step 2/255. The paper
 # has no Fashion-MNIST experiment: there the budget must be given (--eps).
 PAPER_EPS = {"mnist": 0.3, "cifar10": 8 / 255, "svhn": 8 / 255, "tiny-imagenet": 8 / 255}
@@ -82,9 +82,9 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
     Protocol(
         name="paper", summary="the paper's white-box BPDA PGD, 1000 steps, one scoring pass",
         attack="pgd", steps=1000, eot=1, draws=1, images=None, reference=PAPER_REFERENCE,
-        sources={"attack": "paper Sec. 5.2: PGD-based BPDA", "steps": "paper Table 4 / Fig. 6: up to 1000 steps",
-                 "eps": "paper Sec. 5.2: 0.3 (MNIST), 8/255 (CIFAR-10, SVHN, Tiny-ImageNet)",
-                 "step_size": "paper Sec. 5.2: 0.01 (MNIST), 2/255 (the others)",
+        sources={"attack": "paper Sec. 3.2: PGD-based BPDA", "steps": "paper Table 4 / Fig. 6: up to 1000 steps",
+                 "eps": "paper Sec. 3.3: 0.3 (MNIST), 8/255 (CIFAR-10, SVHN, Tiny-ImageNet)",
+                 "step_size": "paper Sec. 3.3: 0.01 (MNIST), 2/255 (the others)",
                  "eot": "paper: no EOT", "draws": "paper: one forward pass per example (no multi-draw scoring stated)",
                  "images": "paper: the whole test set"},
     ),
@@ -105,7 +105,7 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
         sources={"attack": "AutoAttack: version='rand' for randomised defenses runs APGD-CE and APGD-DLR",
                  "steps": "AutoAttack: 100 iterations per APGD run", "eot": "AutoAttack 'rand': eot_iter = 20",
                  "draws": "AutoAttack: one scoring pass", "images": "our choice: the whole test set, as the paper",
-                 "eps": "the paper's budgets (Sec. 5.2)"},
+                 "eps": "the paper's budgets (Sec. 3.3)"},
     ),
     Protocol(
         name="strong", summary="our recommendation: BPDA + EOT-10, steps doubled to convergence (25 to 400), 5 draws",
@@ -117,7 +117,7 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
                  "steps": "our choice: doubled from 25 until McNemar's test (one-sided, 5%) sees no further drop, at most 400",
                  "step_size": "Madry et al. 2018's rule 2.5 * eps / steps, so every run can cross the ball 2.5 times",
                  "draws": "our choice: an example is robust only if correct in all of 5 fresh mask draws",
-                 "images": "our choice: the whole test set", "eps": "the paper's budgets (Sec. 5.2)"},
+                 "images": "our choice: the whole test set", "eps": "the paper's budgets (Sec. 3.3)"},
     ),
 )}
 

@@ -65,6 +65,9 @@ class EvaluationSpec:
     gradient: str = "bpda"
     batch_size: int = 256
     features: bool = False  # also store penultimate features of clean and attacked images (Figs. 4, 5)
+    # Steps doubled from the attack's own until a paired test sees no further drop, at most this
+    # many (menet.convergence); None: one run at the attack's steps. One attack per evaluation.
+    converge_cap: int | None = None
     # Attacks that a smaller scale made identical to another of the evaluation: name -> the
     # name that is run in its place (tables read the kept one's result).
     aliases: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -231,7 +234,7 @@ def _evaluation(tag: str, spec: Any, runs: Mapping[str, TrainConfig], where: str
             merged[key] = _fraction(value, f"{where}: {tag}.{name}.{key}") if key in ("eps", "step_size") else value
         attacks[name] = {"attack": kind, **merged}
         _check_attack(attacks[name], f"{where}: evaluation {tag!r}: attack {name!r}")
-    allowed = {"transfer_from", "draws", "images", "seed", "gradient", "batch_size", "features"}
+    allowed = {"transfer_from", "draws", "images", "seed", "gradient", "batch_size", "features", "converge_cap"}
     unknown = sorted(set(spec) - allowed)
     if unknown:
         raise RecipeError(f"{where}: evaluation {tag!r}: unknown key(s) {', '.join(unknown)}")
@@ -240,6 +243,8 @@ def _evaluation(tag: str, spec: Any, runs: Mapping[str, TrainConfig], where: str
             _check_int(spec[key], low, f"{where}: evaluation {tag!r}: {key}")
     if "features" in spec and not isinstance(spec["features"], bool):
         raise RecipeError(f"{where}: evaluation {tag!r}: features must be true or false, got {spec['features']!r}")
+    if spec.get("converge_cap") is not None:
+        _check_converge(tag, spec, attacks, where)
     if "gradient" in spec:
         from menet.defense import GRADIENTS
 
@@ -250,7 +255,25 @@ def _evaluation(tag: str, spec: Any, runs: Mapping[str, TrainConfig], where: str
 
 
 _EVALUATION_KEYS = ("runs", "attacks", "transfer_from", "draws", "images", "seed", "gradient", "batch_size", "features",
-                    "eps", "step_size")
+                    "eps", "step_size", "converge_cap")
+
+
+def _check_converge(tag: str, spec: Mapping[str, Any], attacks: Mapping[str, dict[str, Any]], where: str) -> None:
+    """converge_cap: one attack with steps, the cap at least its steps, no stored features."""
+    from menet.attack_settings import attack_default, attack_fields
+
+    at = f"{where}: evaluation {tag!r}: converge_cap"
+    _check_int(spec["converge_cap"], 1, at)
+    if len(attacks) != 1:
+        raise RecipeError(f"{at} doubles one attack's steps: give the evaluation one attack, not {len(attacks)}")
+    (settings,) = attacks.values()
+    if "steps" not in attack_fields(settings["attack"]):
+        raise RecipeError(f"{at}: attack {settings['attack']!r} has no steps to double")
+    steps = settings.get("steps", attack_default(settings["attack"], "steps"))
+    if spec["converge_cap"] < steps:
+        raise RecipeError(f"{at} ({spec['converge_cap']}) is below the attack's steps ({steps}), where the doubling starts")
+    if spec.get("features"):
+        raise RecipeError(f"{at}: a converged evaluation stores no features (features: true): use another evaluation")
 
 
 def _sources(given: Any, runs: Mapping[str, TrainConfig], evaluations: tuple[EvaluationSpec, ...], where: str
@@ -348,7 +371,8 @@ def required_settings(recipe: Recipe) -> list[str]:
             fields += ["attack.eps", "attack.step", "attack.steps"]
         paths += [f"runs.{name}.{field}" for field in fields]
     for spec in recipe.evaluations:
-        keys = [k for k, default in (("images", None), ("draws", 1), ("seed", 0), ("gradient", "bpda"), ("transfer_from", None))
+        keys = [k for k, default in (("images", None), ("draws", 1), ("seed", 0), ("gradient", "bpda"), ("transfer_from", None),
+                                     ("converge_cap", None))
                 if getattr(spec, k) != default]
         paths += [f"evaluations.{spec.tag}.{k}" for k in keys]
         paths += [f"evaluations.{spec.tag}.attacks.{name}.{k}" for name, settings in spec.attacks.items()

@@ -24,6 +24,7 @@ import torch
 from menet.attack_settings import build_attacks
 from menet.checkpoint import CheckpointError, load_weights_only
 from menet.config import TrainConfig
+from menet.convergence import evaluate_converged
 from menet.data import load_dataset
 from menet.evaluation import ResultStore, SettingsChanged, environment, evaluate
 from menet.features_store import features_current, features_meta, features_path, save_features
@@ -129,15 +130,18 @@ def evaluate_missing(recipe: Recipe, root: Path, *, scale: str, data_dirs: DataD
             tag = f"{recipe.name}-{spec.tag}"
             inputs = evaluation_inputs(root / run, dataset=config.dataset, gradient=spec.gradient,
                                        transfer_from=root / spec.transfer_from if spec.transfer_from else None)
+            def attacks_at(steps: int, spec: EvaluationSpec = spec, source: Any = source) -> dict[str, Any]:
+                return build_attacks({name: {**s, "steps": steps} for name, s in spec.attacks.items()}, source)
+
             _evaluate_one(spec, run, root, tag, model, images, labels, attacks, inputs, scale=scale, dev=dev, say=say,
-                          progress=progress)
+                          progress=progress, attacks_at=attacks_at)
             if spec.features:
                 _store_features(spec, run, root, tag, model, images, labels, attacks, inputs, dev=dev, say=say)
 
 
 def _evaluate_one(spec: EvaluationSpec, run: str, root: Path, tag: str, model: torch.nn.Module, images: torch.Tensor,
                   labels: torch.Tensor, attacks: Mapping[str, Any], inputs: Mapping[str, Any], *, scale: str,
-                  dev: torch.device, say: Say, progress: Any) -> None:
+                  dev: torch.device, say: Say, progress: Any, attacks_at: Callable[[int], Mapping[str, Any]]) -> None:
     store = ResultStore(root / run / EVAL_DIR, tag, resume=True, metadata={
         "run": str(root / run), "dataset": inputs["dataset"], "gradient": spec.gradient,
         "transfer_from": str(root / spec.transfer_from) if spec.transfer_from else None, "scale": scale,
@@ -146,13 +150,26 @@ def _evaluate_one(spec: EvaluationSpec, run: str, root: Path, tag: str, model: t
     started = time.perf_counter()
     arguments = {"draws": spec.draws, "seed": spec.seed, "batch_size": spec.batch_size, "device": dev,
                  "inputs": inputs, "progress": progress}
+    def run_once(resume: bool) -> dict[str, Any]:
+        if spec.converge_cap is not None:  # the steps doubled until no significant drop (menet.convergence)
+            (settings,) = spec.attacks.values()
+            return evaluate_converged(model, images, labels, attacks_at, start=settings["steps"], cap=spec.converge_cap,
+                                      eval_dir=root / run / EVAL_DIR, tag=tag, resume=resume, overwrite=not resume,
+                                      metadata=store.metadata, **arguments)
+        once = store if resume else ResultStore(root / run / EVAL_DIR, tag, overwrite=True, metadata=store.metadata)
+        return evaluate(model, images, labels, attacks, store=once, **arguments)
+
     try:
-        evaluate(model, images, labels, attacks, store=store, **arguments)
+        result = run_once(resume=True)
     except SettingsChanged as err:  # the recipe or the weights changed since: evaluate anew
         say(f"evaluate {run}: {err}; evaluating anew (the old result stays until the new one replaces it)")
-        store = ResultStore(root / run / EVAL_DIR, tag, overwrite=True, metadata=store.metadata)
-        evaluate(model, images, labels, attacks, store=store, **arguments)
-    say(f"evaluate {run}: {tag} done in {time.perf_counter() - started:.0f} s")
+        result = run_once(resume=False)
+    done = f"evaluate {run}: {tag} done in {time.perf_counter() - started:.0f} s"
+    if "convergence" in result:
+        from menet.summary import describe_convergence
+
+        done += "; " + describe_convergence(result["convergence"])
+    say(done)
 
 
 def _store_features(spec: EvaluationSpec, run: str, root: Path, tag: str, model: torch.nn.Module, images: torch.Tensor,

@@ -89,8 +89,12 @@ def scaled(recipe: Recipe, scale: str) -> Recipe:
             else:
                 kept[key] = name
         images = caps["images"] if spec.images is None else min(spec.images, caps["images"])
+        cap = spec.converge_cap
+        if cap is not None:  # the doubling bounded like the steps (and never below where it starts)
+            (settings,) = attacks.values()
+            cap = max(min(cap, 4 * caps["steps"]), settings["steps"])
         evaluations.append(dataclasses.replace(spec, attacks=attacks, images=images, draws=min(spec.draws, caps["draws"]),
-                                               aliases=aliases))
+                                               aliases=aliases, converge_cap=cap))
     figures = []
     for figure in recipe.figures:
         figure = copy.deepcopy(figure)
@@ -108,6 +112,7 @@ def scale_summary(scale: str) -> str:
         return "the recipe's own settings"
     train = ", ".join(f"{key} <= {value}" for key, value in _TRAIN_CAPS[scale].items())
     evaluation = ", ".join(f"{key} <= {value}" for key, value in _EVAL_CAPS[scale].items())
+    evaluation += f", converge_cap <= {4 * _EVAL_CAPS[scale]['steps']}"
     models = ("LeNet for every network" if scale == "tiny" else
               "; ".join(f"{big} -> {small} {options}" for big, (small, options) in _SMALL_MODELS.items()))
     return (f"training {train} (no learning-rate steps; the deployed keep-probability stays the recipe's); "

@@ -15,7 +15,7 @@ from menet.recipe import Recipe
 from menet.report.paired import HEADING, compare_measured, in_words, measured
 from menet.report.results import ResultFiles
 from menet.runs import read_config
-from menet.summary import bracket, describe, example_outcomes, format_table, interval_note, pct_ci
+from menet.summary import bracket, describe, describe_convergence, example_outcomes, format_table, interval_note, pct_ci
 
 
 def _cell(runs_root: Path, cell: str | None, files: ResultFiles, recipe_name: str
@@ -72,6 +72,18 @@ def _comparisons(table: Mapping[str, Any], found: dict[tuple[int, int, str], tup
     return [HEADING, "", *lines, ""] if lines else []
 
 
+def _convergence_lines(table: Mapping[str, Any], found: dict[tuple[int, int, str], tuple[dict[str, Any], str]]
+                       ) -> list[str]:
+    """Per cell measured with its steps doubled to convergence: the curve, and whether it
+    converged or stopped at its cap (then its number is an upper bound)."""
+    lines = []
+    for (i, j, _kind), (result, _name) in sorted(found.items()):
+        if isinstance(result.get("convergence"), dict):
+            lines.append(f"- {table['columns'][j]}, {table['rows'][i]['label']}: {describe_convergence(result['convergence'])}")
+    return ["Convergence (the attack's steps doubled until McNemar's test, one-sided, sees no further drop):", "",
+            *lines, ""] if lines else []
+
+
 def recipe_tables(recipe: Recipe, runs_root: Path, files: ResultFiles | None = None
                   ) -> tuple[list[str], list[tuple[str, dict[str, Any]]]]:
     """Markdown lines of the recipe's tables, and the results they used."""
@@ -120,6 +132,7 @@ def recipe_tables(recipe: Recipe, runs_root: Path, files: ResultFiles | None = N
         if found:
             lines += ["", interval_note(next(iter(sizes)) if len(sizes) == 1 else None), ""]
             lines += _comparisons(table, found)
+            lines += _convergence_lines(table, found)
         if table.get("note"):
             lines += ["", str(table["note"]).strip()] if not found else [str(table["note"]).strip()]
         lines.append("")
