@@ -140,3 +140,16 @@ def test_converge_from_the_cli_records_the_curve_and_refuses_attacks_without_ste
     assert main(["attack", str(run), "--attack", "fgsm", "--attack", "pgd", "--converge", "--tag", "g", "--quiet"]) == 2
     assert "give one --attack" in capsys.readouterr().err
     assert not list((run / "eval").glob("[fg]*"))
+
+
+def test_a_left_over_step_result_fails_before_any_work(tmp_path):
+    class Untouchable(nn.Module):
+        def forward(self, x):
+            raise AssertionError("evaluated although a result of this tag is on disk")
+
+    (tmp_path / "cv-steps20.json").write_text("{}")  # an interrupted earlier run: TAG.json not written yet
+    images, labels = _images(np.array([100, 200])), torch.zeros(2, dtype=torch.int64)
+    with pytest.raises(FileExistsError, match="cv-steps20.json"):
+        evaluate_converged(Untouchable(), images, labels, lambda s: {"pgd": build_attack("pgd", steps=s)}, start=10,
+                           cap=40, eval_dir=tmp_path, tag="cv")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cv-steps20.json"]

@@ -128,3 +128,17 @@ def test_protocol_from_python_on_a_model_with_a_known_answer():
     assert result["settings"]["n"] == 50 and result["protocol"]["overridden"] == ["eot", "eps", "images", "steps"]
     expected = _robust_by_hand(values[:50], 1.0, 0.1, 5 * 0.1 / 4, 4)
     assert result["summary"]["tramer2020"]["robust_all_draws"] == pytest.approx(expected)
+
+
+def test_step_rules_are_recorded_and_bad_overrides_are_refused():
+    assert resolve("tramer2020", "cifar10").record()["settings"]["step_rule"] == "5 * eps / steps"
+    assert resolve("strong", "cifar10").record()["settings"]["step_rule"] == "2.5 * eps / steps"
+    assert resolve("paper", "cifar10").record()["settings"]["step_rule"] is None
+    assert "step_size 5 * eps / steps" in describe_protocols()
+    for bad in ({"steps": 0}, {"eot": 0}, {"draws": 0}, {"images": -5}, {"converge_cap": 0}, {"converge": 0}):
+        with pytest.raises(ProtocolError, match=">= 1"):
+            resolve("strong", "cifar10", **bad)
+    with pytest.raises(ProtocolError, match="a converge cap needs converging on"):
+        resolve("paper", "cifar10", converge_cap=400)
+    with pytest.raises(ProtocolError, match="below the first step count"):
+        resolve("strong", "cifar10", converge_cap=10)

@@ -36,6 +36,8 @@ def build_attacks(attacks: Mapping[str, Mapping[str, Any]], source: nn.Module | 
         kind = settings.pop("attack")
         samples = settings.pop("eot", None)
         attack = build_attack(kind, **settings)
+        if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
+            raise ValueError(f"attack {name!r}: eot must be an integer >= 1 (gradient samples per step), got {samples!r}")
         if samples is not None and samples > 1:
             attack = eot(attack, samples)
         built[name] = transfer(source, attack) if source is not None else attack

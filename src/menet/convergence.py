@@ -28,6 +28,19 @@ from menet.stats import ALPHA
 from menet.summary import describe_convergence, example_outcomes
 
 CONVERGENCE_TEST = "McNemar exact, one-sided (a drop from the previous step count)"
+DEFAULT_CAP_FACTOR = 8  # without a cap: at most 8 times the first step count (three doublings)
+
+
+def with_steps(attack: Any, steps: int) -> Any:
+    """``attack`` (a ``menet.attacks`` attack, possibly a transfer) with ``steps`` steps;
+    TypeError if it has none."""
+    from menet.attacks.transfer import Transfer
+
+    if isinstance(attack, Transfer):
+        return dataclasses.replace(attack, attack=with_steps(attack.attack, steps))
+    if "steps" not in {f.name for f in dataclasses.fields(attack)}:
+        raise TypeError(f"--converge doubles an attack's steps: {attack.name!r} has none")
+    return dataclasses.replace(attack, steps=steps)
 
 
 def drop_p_value(before: np.ndarray, after: np.ndarray) -> float:
@@ -116,8 +129,10 @@ def evaluate_converged(model: Any, images: Any, labels: Any, attack_at: Callable
     if len(names) != 1:
         raise ValueError(f"converging runs one attack at a time, got {len(names)}: {', '.join(names)}")
     final = ResultStore(eval_dir, tag, resume=resume, overwrite=overwrite, metadata=metadata) if eval_dir else None
-    if final is not None and rank == 0:
+    if final is not None and rank == 0:  # every file it may write, before any work (torchrun: before any barrier)
         final.check()
+        for steps in step_counts(start, cap):
+            ResultStore(eval_dir, f"{tag}-steps{steps}", resume=resume, overwrite=overwrite).check()
 
     def evaluate_at(steps: int) -> Mapping[str, Any]:
         store = None
@@ -136,5 +151,5 @@ def evaluate_converged(model: Any, images: Any, labels: Any, attack_at: Callable
     return result
 
 
-__all__ = ["CONVERGENCE_TEST", "Point", "converge_steps", "describe_convergence", "drop_p_value", "evaluate_converged",
-           "step_counts"]
+__all__ = ["CONVERGENCE_TEST", "DEFAULT_CAP_FACTOR", "Point", "converge_steps", "describe_convergence", "drop_p_value", "evaluate_converged",
+           "step_counts", "with_steps"]

@@ -195,7 +195,7 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def _evaluation_status(eval_dir: Path, tag: str, expected: dict[str, Any] | None) -> str:
+def _evaluation_status(eval_dir: Path, tag: str, expected: dict[str, Any] | None, cap: int | None = None) -> str:
     if expected is None:
         return "to do"  # its run is trained (again) first
     partial, result = eval_dir / f".{tag}.partial", eval_dir / f"{tag}.json"
@@ -206,8 +206,25 @@ def _evaluation_status(eval_dir: Path, tag: str, expected: dict[str, Any] | None
         return "to do"
     saved = _read_json(result)
     if isinstance(saved, dict) and isinstance(saved.get("convergence"), dict) and isinstance(saved.get("settings"), dict):
+        if not _same_doubling(saved["convergence"], cap):
+            return "redo: other converge_cap"
         saved = {**saved, "settings": _at_start(saved["settings"], saved["convergence"])}
+    elif cap is not None:
+        return "redo: not converged before"
     return "done" if isinstance(saved, dict) and saved.get("settings") == expected else "redo: other settings or weights"
+
+
+def _same_doubling(record: dict[str, Any], cap: int | None) -> bool:
+    """Whether a converged result's curve is the one the chain would run up to ``cap``: the
+    same step counts, ending where it converged or at this cap."""
+    try:
+        counts = [int(p["steps"]) for p in record["curve"]]
+        planned = step_counts(int(record["start"]), cap) if cap is not None else None
+    except (KeyError, TypeError, ValueError):
+        return False
+    if planned is None or counts != planned[: len(counts)]:
+        return False
+    return bool(record.get("converged")) or counts[-1] == cap
 
 
 def _at_start(settings: dict[str, Any], convergence: dict[str, Any]) -> dict[str, Any]:
@@ -264,7 +281,7 @@ def plan(recipe: Recipe, runs_root: str | Path, *, scale: str = "full", data_dir
             tag = f"{recipe.name}-{spec.tag}"
             shown = f"{images:,}" if images is not None else "? (dataset not found here)"
             detail = f"{', '.join(spec.attacks)} on {shown} images, {spec.draws} draw(s)"
-            status = _evaluation_status(root / run / EVAL_DIR, tag, expected[0] if expected else None)
+            status = _evaluation_status(root / run / EVAL_DIR, tag, expected[0] if expected else None, spec.converge_cap)
             seconds = None if status == "done" else _evaluation_seconds(spec, recipe, run, rates, images, with_features=False)
             steps.append(Step("evaluate", f"{run}: {tag}", status, detail, seconds))
             if spec.features:

@@ -91,7 +91,8 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
     Protocol(
         name="tramer2020", summary="Tramèr et al. 2020: BPDA + EOT-41, 200 steps of 5 eps / 200, one pass, 1000 images",
         attack="pgd", steps=200, eot=41, draws=1, images=1000, reference=TRAMER_REFERENCE, step_size=_tramer_step,
-        extra={"rank_samples": 1},  # keep the iterate of highest loss averaged over the 41 gradient passes, as they did step_rule_text="5 * eps / steps",
+        step_rule_text="5 * eps / steps",
+        extra={"rank_samples": 1},  # keep the iterate of highest loss averaged over the 41 gradient passes, as they did
         sources={"attack": TRAMER_SOURCE + ": PGD with BPDA (identity backward) from a random start",
                  "steps": TRAMER_SOURCE + ": num_steps = 200", "step_size": TRAMER_SOURCE + ": (5 * epsilon) / num_steps",
                  "eot": TRAMER_SOURCE + ": 1 + 40 gradient samples per step (num_r = 40), the iterate with the "
@@ -187,6 +188,12 @@ def resolve(name: str, dataset: str, **overrides: Any) -> ResolvedProtocol:
     if unknown or "attack" in given:
         raise ProtocolError(f"protocol {name!r} cannot take {', '.join(unknown or ['attack'])}: a protocol fixes the attack; "
                             f"the settings it takes are {', '.join(f for f in FIELDS if f != 'attack')}")
+    for key in ("steps", "eot", "draws", "images", "converge_cap", "restarts"):
+        value = given.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ProtocolError(f"protocol {name!r}: {key} must be an integer >= 1, got {value!r}")
+    if not isinstance(given.get("converge", True), bool) and (not isinstance(given["converge"], int) or given["converge"] < 1):
+        raise ProtocolError(f"protocol {name!r}: converge must be true, false or a step count >= 1, got {given['converge']!r}")
     eps = given.get("eps", protocol.eps.get(dataset))
     if eps is None:
         raise ProtocolError(f"protocol {name!r} has no L-inf budget for {dataset!r} (the paper has none: it reports "
@@ -216,10 +223,14 @@ def resolve(name: str, dataset: str, **overrides: Any) -> ResolvedProtocol:
     attack["steps"] = steps
     attack["eot"] = int(given.get("eot", protocol.eot))
     cap = given.get("converge_cap", protocol.converge_cap)
+    if converge is None and "converge_cap" in given:
+        raise ProtocolError(f"protocol {name!r} does not double its steps: a converge cap needs converging on (--converge)")
     if converge is not None:
-        cap = cap if cap is not None else max(8 * int(converge), steps)
-        if int(converge) < 1 or int(cap) < int(converge):
-            raise ProtocolError(f"converging needs 1 <= start ({converge}) <= cap ({cap})")
+        from menet.convergence import DEFAULT_CAP_FACTOR
+
+        cap = cap if cap is not None else max(DEFAULT_CAP_FACTOR * int(converge), steps)
+        if int(cap) < int(converge):
+            raise ProtocolError(f"protocol {name!r}: the converge cap ({cap}) is below the first step count ({converge})")
         attack["steps"] = int(converge)
         if step_rule is not None:
             attack["step_size"] = step_rule(float(eps), int(converge))

@@ -24,7 +24,7 @@ import torch
 from menet.attack_settings import build_attacks
 from menet.checkpoint import CheckpointError, load_weights_only
 from menet.config import TrainConfig
-from menet.convergence import evaluate_converged
+from menet.convergence import evaluate_converged, with_steps
 from menet.data import load_dataset
 from menet.evaluation import ResultStore, SettingsChanged, environment, evaluate
 from menet.features_store import features_current, features_meta, features_path, save_features
@@ -130,8 +130,8 @@ def evaluate_missing(recipe: Recipe, root: Path, *, scale: str, data_dirs: DataD
             tag = f"{recipe.name}-{spec.tag}"
             inputs = evaluation_inputs(root / run, dataset=config.dataset, gradient=spec.gradient,
                                        transfer_from=root / spec.transfer_from if spec.transfer_from else None)
-            def attacks_at(steps: int, spec: EvaluationSpec = spec, source: Any = source) -> dict[str, Any]:
-                return build_attacks({name: {**s, "steps": steps} for name, s in spec.attacks.items()}, source)
+            def attacks_at(steps: int, attacks: Mapping[str, Any] = attacks) -> dict[str, Any]:
+                return {name: with_steps(attack, steps) for name, attack in attacks.items()}
 
             _evaluate_one(spec, run, root, tag, model, images, labels, attacks, inputs, scale=scale, dev=dev, say=say,
                           progress=progress, attacks_at=attacks_at)

@@ -58,19 +58,6 @@ def build_attacks(args: argparse.Namespace, source: object | None) -> dict:
     return attacks
 
 
-def with_steps(attack: object, steps: int) -> object:
-    """``attack`` with ``steps`` steps (through a transfer wrapper); TypeError if it has none."""
-    import dataclasses
-
-    from menet.attacks.transfer import Transfer
-
-    if isinstance(attack, Transfer):
-        return dataclasses.replace(attack, attack=with_steps(attack.attack, steps))
-    if "steps" not in {f.name for f in dataclasses.fields(attack)}:
-        raise TypeError(f"--converge doubles an attack's steps: {attack.name!r} has none")
-    return dataclasses.replace(attack, steps=steps)
-
-
 def protocol_attacks(args: argparse.Namespace, dataset: str, source: object | None) -> tuple[object, Callable[[int], dict]]:
     """(the resolved protocol, steps -> its attacks) for --protocol, the flags overriding its fields."""
     from menet.attack_settings import build_attacks as build_from_settings
@@ -146,10 +133,12 @@ def cmd_attack(args: argparse.Namespace) -> int:
         if args.converge:
             if len(attacks) != 1:
                 raise ValueError(f"--converge doubles one attack's steps: give one --attack, not {len(attacks)}")
+            from menet.convergence import DEFAULT_CAP_FACTOR, with_steps
+
             (label, attack), = attacks.items()
-            start = getattr(getattr(attack, "attack", attack), "steps", None)
             with_steps(attack, 1)  # an attack without steps fails here, before any work
-            cap = args.converge_cap if args.converge_cap is not None else 8 * start
+            start = getattr(getattr(attack, "attack", attack), "steps")
+            cap = args.converge_cap if args.converge_cap is not None else DEFAULT_CAP_FACTOR * start
 
             def attacks_at(steps: int) -> dict:
                 return {label: with_steps(attack, steps)}

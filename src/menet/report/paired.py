@@ -3,13 +3,16 @@ allow it, said in words, and "within noise" when the difference is not significa
 
 Two results are on the same examples when they record the same dataset, split, offset and
 number of images (``menet.summary.examples_key``, every part recorded): then their per-example
-outcomes (correct in all draws) pair up and McNemar's exact test compares them. Otherwise the two counts are
+outcomes (correct in all draws) pair up and McNemar's exact test compares them. Results of the
+same dataset, split and offset but of different lengths are paired on the images both scored
+(the first of the longer one), which the words say. Otherwise the two counts are
 compared by Fisher's exact test, which the words say ("unpaired"), and a result with no count
 is "not comparable".
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,8 +40,14 @@ def compare_measured(a: Mapping[str, Any], b: Mapping[str, Any]) -> Comparison |
     key = a.get("examples")
     # Unrecorded parts of the key (None) say nothing about the images: never paired on them.
     known = key is not None and all(part is not None for part in key)
-    if known and oa is not None and ob is not None and key == b.get("examples") and len(oa) == len(ob) > 0:
+    other = b.get("examples")
+    if known and oa is not None and ob is not None and key == other and len(oa) == len(ob) > 0:
         return compare(oa, ob)
+    if (known and oa is not None and ob is not None and other is not None and key[:-1] == other[:-1]
+            and min(len(oa), len(ob)) > 0):  # the same images from the same offset, one set longer: pair the shared ones
+        shared = min(len(oa), len(ob))
+        paired = compare(oa[:shared], ob[:shared])
+        return dataclasses.replace(paired, method=f"McNemar exact on the first {shared} images both scored")
     counts = []
     for r in (a, b):
         n, accuracy = r.get("n"), r.get("accuracy")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -100,7 +101,7 @@ class ResultFiles:
                 except ValueError as err:
                     log.warning("%s", err)
                     self.unreadable.append(path)
-            self._results[key] = out
+            self._results[key] = {tag: r for tag, r in out.items() if not _left_over_step(tag, out)}
         return self._results[key]
 
     def current(self, run_dir: str | Path) -> dict[str, dict[str, Any]]:
@@ -128,6 +129,17 @@ class ResultFiles:
         """tag -> recorded source, of the run's transfer results whose source run is not found:
         kept in ``current``, but whether they were crafted on its current weights is unknown."""
         return self._sources(run_dir, "missing")
+
+
+def _left_over_step(tag: str, results: Mapping[str, dict[str, Any]]) -> bool:
+    """Whether ``tag`` is a step count TAG-stepsN of a converged result TAG whose curve does not
+    hold N (left from an earlier cap or start): not a number of the current evaluation."""
+    match = re.fullmatch(r"(.+)-steps(\d+)", tag)
+    parent = results.get(match.group(1)) if match else None
+    record = parent.get("convergence") if isinstance(parent, dict) else None
+    if not isinstance(record, dict):
+        return False
+    return int(match.group(2)) not in {p.get("steps") for p in record.get("curve", []) if isinstance(p, dict)}
 
 
 def run_results(run_dir: str | Path) -> dict[str, dict[str, Any]]:
