@@ -234,3 +234,17 @@ def test_an_old_result_without_intervals_loads_and_renders_with_them(tmp_path):
     broken = {**old, "outcomes": {"clean": "not a table"}}
     (tmp_path / "broken.json").write_text(json.dumps(broken))
     assert "all_draws_ci" in read_result(tmp_path / "broken.json")["summary"]["clean"]  # from its accuracy and n
+
+
+def test_cascade_with_no_clean_correct_example_scores_them_all_broken():
+    from menet.attacks import build_attack
+    from menet.evaluation import evaluate
+
+    class AlwaysOne(nn.Module):
+        def forward(self, x):
+            return torch.stack([torch.zeros(len(x)), x.flatten(1).sum(1) * 0 + 1], 1)
+
+    images = torch.zeros(3, 1, 2, 2, dtype=torch.uint8)
+    result = evaluate(AlwaysOne(), images, torch.zeros(3, dtype=torch.int64), {"pgd": build_attack("pgd", steps=1)},
+                      cascade=True)
+    assert result["summary"]["clean"]["robust_all_draws"] == 0.0 and result["summary"]["pgd"]["robust_all_draws"] == 0.0

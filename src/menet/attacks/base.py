@@ -218,5 +218,7 @@ def loss_gradient(model: nn.Module, x: Tensor, labels: Tensor, loss: str = "ce",
 
 @torch.no_grad()
 def predict(model: nn.Module, x: Tensor, max_batch: int = 1024) -> Tensor:
-    """Predicted labels (N,) of ``model`` on ``x``, in batches of ``max_batch``."""
+    """Predicted labels (N,) of ``model`` on ``x``, in batches of ``max_batch`` (N may be 0)."""
+    if len(x) == 0:
+        return torch.zeros(0, dtype=torch.int64, device=x.device)
     return torch.cat([model(x[i : i + max_batch]).argmax(1) for i in range(0, len(x), max_batch)])
