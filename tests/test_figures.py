@@ -229,3 +229,14 @@ def test_plot_accuracy_curves_rejects_bad_input(tmp_path, panels, log_x, message
     with pytest.raises(ValueError, match=message):
         plot_accuracy_curves(panels, tmp_path / "a.png", xlabel="eps", log_x=log_x)
     assert not list(tmp_path.iterdir())
+
+
+def test_plot_accuracy_curves_draws_the_intervals_as_error_bars(tmp_path):
+    bare = {"CIFAR-10": {"ME-Net": [(10, 0.5), (100, 0.4), (1000, 0.38)]}}
+    with_bars = {"CIFAR-10": {"ME-Net": [(10, 0.5, 0.3, 0.7), (100, 0.4, 0.2, 0.6), (1000, 0.38, 0.18, 0.58)]}}
+    plot_accuracy_curves(bare, tmp_path / "bare.png", xlabel="steps", log_x=True)
+    plot_accuracy_curves(with_bars, tmp_path / "bars.png", xlabel="steps", log_x=True)
+    ink = [pixels_near(read_rgb(tmp_path / f"{name}.png"), TAB10[0], tol=0.25) for name in ("bare", "bars")]
+    assert ink[1] > ink[0] * 1.2, ink  # three bars of 40 points each add visible ink in the series' colour
+    with pytest.raises(ValueError, match="interval must hold its accuracy"):
+        plot_accuracy_curves({"a": {"s": [(1, 0.5, 0.6, 0.7)]}}, tmp_path / "x.png", xlabel="steps")

@@ -22,18 +22,25 @@ _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 _PANELS_PER_ROW = 4
 
 
-def _points(panel: str, series: str, points: Sequence[tuple[float, float]], log_x: bool) -> np.ndarray:
-    """Validated (K, 2) array of the non-NaN points, sorted by x."""
+def _points(panel: str, series: str, points: Sequence[tuple[float, ...]], log_x: bool) -> np.ndarray:
+    """Validated (K, 4) array (x, accuracy, low, high) of the non-NaN points, sorted by x; a
+    point given as (x, accuracy) gets low = high = accuracy (no interval drawn)."""
     xy = np.asarray(points, dtype=np.float64)
     if xy.size == 0:
         raise ValueError(f"series {series!r} of panel {panel!r} has no points")
-    if xy.ndim != 2 or xy.shape[1] != 2:
-        raise ValueError(f"series {series!r} of panel {panel!r}: points must be (x, accuracy) pairs, got shape {xy.shape}")
-    xy = xy[~np.isnan(xy).any(axis=1)]
+    if xy.ndim != 2 or xy.shape[1] not in (2, 4):
+        raise ValueError(f"series {series!r} of panel {panel!r}: points must be (x, accuracy) pairs or (x, accuracy, "
+                         f"low, high) with a 95% interval, got shape {xy.shape}")
+    if xy.shape[1] == 2:
+        xy = np.concatenate([xy, xy[:, 1:2], xy[:, 1:2]], axis=1)
+    xy = xy[~np.isnan(xy[:, :2]).any(axis=1)]
+    xy[:, 2:] = np.where(np.isnan(xy[:, 2:]), xy[:, 1:2], xy[:, 2:])  # an unknown interval: none drawn
     if not np.isfinite(xy).all():
         raise ValueError(f"series {series!r} of panel {panel!r} has infinite values")
-    if ((xy[:, 1] < 0) | (xy[:, 1] > 1)).any():
+    if ((xy[:, 1:] < 0) | (xy[:, 1:] > 1)).any():
         raise ValueError(f"series {series!r} of panel {panel!r}: accuracies are fractions in [0, 1], got {xy[:, 1].tolist()}")
+    if ((xy[:, 2] > xy[:, 1] + 1e-12) | (xy[:, 3] < xy[:, 1] - 1e-12)).any():
+        raise ValueError(f"series {series!r} of panel {panel!r}: an interval must hold its accuracy (low <= accuracy <= high)")
     if log_x and (xy[:, 0] <= 0).any():
         raise ValueError(f"series {series!r} of panel {panel!r}: a log x axis needs x > 0, got {xy[:, 0].tolist()}")
     return xy[np.argsort(xy[:, 0], kind="stable")]
@@ -49,8 +56,8 @@ def plot_accuracy_curves(
 ) -> None:
     """Accuracy against an attack parameter: one subplot per panel, one line with markers per series.
 
-    panels: subplot title -> series name -> points (x, accuracy), accuracy a fraction in [0, 1] drawn
-        as a percentage. Paper Fig. 6: panels "MNIST", "CIFAR-10", ..., series "ME-Net (pure)",
+    panels: subplot title -> series name -> points (x, accuracy) or (x, accuracy, low, high),
+        accuracy and its 95% interval fractions in [0, 1], drawn as a percentage with error bars. Paper Fig. 6: panels "MNIST", "CIFAR-10", ..., series "ME-Net (pure)",
         "ME-Net (adv. trained)", "Madry", x = attack steps with log_x=True. Sanity checks (Carlini
         et al., 2019): x = eps (accuracy should reach 0) or x = steps (accuracy should not rise).
     Points are drawn in order of x. A point whose x or accuracy is NaN (not measured) is skipped; a
@@ -79,6 +86,9 @@ def plot_accuracy_curves(
             k = names.index(name)
             ax.plot(xy[:, 0], 100 * xy[:, 1], marker=_MARKERS[k % len(_MARKERS)], markersize=5, linewidth=1.5,
                     color=colours[k % len(colours)], label=name if len(xy) else f"{name} (no data)")
+            if len(xy) and (xy[:, 3] > xy[:, 2]).any():  # 95% intervals as error bars
+                ax.errorbar(xy[:, 0], 100 * xy[:, 1], yerr=100 * np.abs(np.stack([xy[:, 1] - xy[:, 2], xy[:, 3] - xy[:, 1]])),
+                            fmt="none", ecolor=colours[k % len(colours)], elinewidth=1.0, capsize=3)
         if log_x:
             ax.set_xscale("log")
         ax.set_ylim(-2, 102)

@@ -135,6 +135,12 @@ def _stored(path: Path, attack: str, step: str) -> StoredFeatures:
                               f"run {step}")
     return stored
 
+def _interval(row: Mapping[str, Any]) -> tuple[float, float]:
+    """A summary row's 95% interval (all draws) as (low, high), NaN where none is stored."""
+    interval = row.get("all_draws_ci")
+    return (float(interval[0]), float(interval[1])) if interval else (float("nan"), float("nan"))
+
+
 def steps_figure(figure: Mapping[str, Any], recipe_name: str, root: Path, out: Path,
                  files: ResultFiles | None = None) -> list[str]:
     """Paper Fig. 6: accuracy against attack steps, one panel per dataset, one line per model."""
@@ -152,7 +158,8 @@ def steps_figure(figure: Mapping[str, Any], recipe_name: str, root: Path, out: P
             for name, settings in result["settings"]["attacks"].items():
                 inner = settings.get("of", settings)
                 if inner.get("steps"):
-                    points.append((float(inner["steps"]), result["summary"][name]["robust_all_draws"]))
+                    row = result["summary"][name]
+                    points.append((float(inner["steps"]), row["robust_all_draws"], *_interval(row)))
             if points:
                 panels[panel][label] = sorted(points)
     panels = {panel: series for panel, series in panels.items() if series}
@@ -161,7 +168,8 @@ def steps_figure(figure: Mapping[str, Any], recipe_name: str, root: Path, out: P
         return ["(no results for this figure yet)", ""]
     plot_accuracy_curves(panels, out / name, xlabel="attack steps", log_x=True)
     return [f"![accuracy against attack steps]({name})", "",
-            "Robust accuracy (correct in every scoring draw) against the number of BPDA / PGD steps.", ""]
+            "Robust accuracy (correct in every scoring draw) against the number of BPDA / PGD steps; bars: 95% "
+            "Clopper-Pearson intervals.", ""]
 
 
 def recipe_figures(recipe: Recipe, root: Path, out: Path, *, data_dirs: Any = None,
@@ -238,7 +246,7 @@ def run_figures(runs: Mapping[str, Path], out: Path, files: ResultFiles | None =
                     continue
                 fixed = "steps" if axis == "eps" else "eps"
                 key = f"PGD, {fixed} {r[fixed]:g}" + (f", EOT-{r['eot']}" if r["eot"] > 1 else "")
-                series.setdefault(key, []).append((float(r[axis]), r["accuracy"]))
+                series.setdefault(key, []).append((float(r[axis]), r["accuracy"], *_interval({"all_draws_ci": r["interval"]})))
             series = {k: sorted(v) for k, v in series.items() if len(v) >= 2}
             if series:
                 panels[name] = series
