@@ -14,6 +14,7 @@ from menet.report import write_report
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 PAPER_RECIPES = sorted(RECIPES.glob("*.yaml"))
+DEMO_RECIPE = Path(__file__).resolve().parents[1] / "src" / "menet" / "demo_recipe.yaml"
 
 RUN = {"dataset": "fashion-mnist", "model": "lenet", "mode": "menet", "epochs": 1, "batch_size": 4, "lr": 0.01,
        "lr_milestones": [], "defense": {"method": "usvt", "p_start": 0.8, "p_end": 1.0, "n_masks": 2}}
@@ -153,3 +154,9 @@ def test_the_report_of_a_shipped_table_names_the_non_paper_settings(tmp_path):
     text = write_report(tmp_path / "out", recipe=recipe, runs_root=tmp_path / "runs").read_text()
     assert "query/spsa: steps: original code attack_blackbox.py" in text
     assert "query: images: our choice, for cost" in text
+
+
+def test_the_demo_recipe_sources_every_setting():
+    assert DEMO_RECIPE.is_file()
+    recipe = load_paper_recipe(DEMO_RECIPE)
+    assert required_settings(recipe) and unsourced(recipe) == []
