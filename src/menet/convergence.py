@@ -47,13 +47,20 @@ def drop_p_value(before: np.ndarray, after: np.ndarray) -> float:
     """One-sided exact McNemar p-value for "``after`` is less often robust than ``before``" on
     (n,) 0/1 outcomes of the same examples: with ``lost`` examples robust only before and
     ``gained`` only after, P(Binomial(lost + gained, 1/2) >= lost); 1 when none differ."""
+    return _tail(*_lost_gained(before, after))
+
+
+def _lost_gained(before: np.ndarray, after: np.ndarray) -> tuple[int, int]:
+    """(examples robust only before, only after) of two (n,) 0/1 outcome vectors."""
     before, after = np.asarray(before).astype(bool).ravel(), np.asarray(after).astype(bool).ravel()
     if before.shape != after.shape:
         raise ValueError(f"paired outcomes need the same examples, got {before.size} and {after.size}")
-    lost, gained = int((before & ~after).sum()), int((~before & after).sum())
-    if lost + gained == 0:
-        return 1.0
-    return float(scipy_stats.binom.sf(lost - 1, lost + gained, 0.5))
+    return int((before & ~after).sum()), int((~before & after).sum())
+
+
+def _tail(lost: int, gained: int) -> float:
+    """P(Binomial(lost + gained, 1/2) >= lost); 1 when no example changed."""
+    return 1.0 if lost + gained == 0 else float(scipy_stats.binom.sf(lost - 1, lost + gained, 0.5))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,8 +106,8 @@ def converge_steps(evaluate_at: Callable[[int], Mapping[str, Any]], *, start: in
         row = result["summary"][name]
         point = Point(steps, float(row["robust_all_draws"]), list(row["all_draws_ci"]), int(row["n"]))
         if before is not None:
-            lost, gained = int((before & ~outcome).sum()), int((~before & outcome).sum())
-            point = dataclasses.replace(point, lost=lost, gained=gained, p_drop=drop_p_value(before, outcome))
+            lost, gained = _lost_gained(before, outcome)
+            point = dataclasses.replace(point, lost=lost, gained=gained, p_drop=_tail(lost, gained))
         curve.append(point)
         before = outcome
         if point.p_drop is not None and point.p_drop >= alpha:

@@ -153,6 +153,13 @@ class ResolvedProtocol:
             settings["step_size"] = self.step_rule(settings["eps"], steps)
         return settings
 
+    def attacks(self, steps: int, source: Any = None, label: str | None = None) -> dict[str, Any]:
+        """{label (default: the protocol's name): the attack at ``steps`` steps}, crafted on
+        ``source`` (a transfer attack) when one is given."""
+        from menet.attack_settings import build_attacks
+
+        return build_attacks({label or self.protocol.name: self.attack_at(steps)}, source)
+
     def record(self) -> dict[str, Any]:
         """What a result stores: the protocol's name and sources, and every resolved setting."""
         return {"name": self.protocol.name, "summary": self.protocol.summary, "reference": self.protocol.reference,
@@ -200,9 +207,10 @@ def resolve(name: str, dataset: str, **overrides: Any) -> ResolvedProtocol:
                             f"{', '.join(protocol.eps)}): give one (--eps)")
     steps = int(given.get("steps", protocol.steps))
     converge = given.get("converge", protocol.converge)
-    if converge is True or (converge is not None and converge is not False and "converge" not in given):
-        converge = steps if "steps" in given else (protocol.converge or steps)  # --steps: where the doubling starts
-    converge = None if converge is False else converge
+    if converge is True or ("converge" not in given and converge is not None):  # --steps: where the doubling starts
+        converge = steps if "steps" in given else (protocol.converge or steps)
+    elif converge is False:
+        converge = None
     attack: dict[str, Any] = {"attack": protocol.attack, "eps": float(eps), **protocol.extra}
     attack.update({k: given[k] for k in ("restarts", "loss", "version") if k in given})
     step_rule = None
@@ -248,7 +256,6 @@ def evaluate_protocol(model: Any, test_images: Any, test_labels: Any, name: str,
     convergence where it says so. ``source``: craft on this model (a transfer attack). With
     ``eval_dir`` the result is written there under ``tag`` (default: the protocol's name).
     Returns the result record, with the protocol's record under "protocol"."""
-    from menet.attack_settings import build_attacks
     from menet.convergence import evaluate_converged
     from menet.evaluation import ResultStore, evaluate
 
@@ -259,7 +266,7 @@ def evaluate_protocol(model: Any, test_images: Any, test_labels: Any, name: str,
     tag = tag or name
 
     def attacks_at(steps: int) -> dict[str, Any]:
-        return build_attacks({name: resolved.attack_at(steps)}, source)
+        return resolved.attacks(steps, source)
 
     common = {"draws": resolved.draws, "seed": seed, "batch_size": batch_size}
     metadata = {"protocol": resolved.record()}
@@ -276,13 +283,15 @@ def evaluate_protocol(model: Any, test_images: Any, test_labels: Any, name: str,
 def describe_protocols() -> str:
     """Each protocol on a few lines: what it is, its settings (CIFAR-10's where they depend on
     the dataset) and the source of each setting (what ``--list-protocols`` prints)."""
+    from menet.summary import describe
+
     lines = []
     for protocol in PROTOCOLS.values():
         resolved = resolve(protocol.name, "cifar10")
         settings = dict(resolved.attack)
         if protocol.step_rule_text:
             settings["step_size"] = protocol.step_rule_text
-        shown = ", ".join(f"{k} {_text(v)}" for k, v in settings.items())
+        shown = "attack " + describe(settings)
         lines.append(f"{protocol.name}: {protocol.summary}")
         if protocol.reference:
             lines.append(f"  reference: {protocol.reference}")
@@ -291,15 +300,6 @@ def describe_protocols() -> str:
         for key, source in protocol.sources.items():
             lines.append(f"  {key}: {source}")
     return "\n".join(lines) + "\n"
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, float):
-        for denominator in (255,):
-            if abs(value * denominator - round(value * denominator)) < 1e-9 and value < 1:
-                return f"{round(value * denominator)}/{denominator}"
-        return f"{value:.4g}"
-    return str(value)
 
 
 __all__ = ["FIELDS", "PAPER_EPS", "PAPER_STEP_SIZE", "PROTOCOLS", "Protocol", "ProtocolError", "ResolvedProtocol",

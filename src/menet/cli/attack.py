@@ -60,7 +60,6 @@ def build_attacks(args: argparse.Namespace, source: object | None) -> dict:
 
 def protocol_attacks(args: argparse.Namespace, dataset: str, source: object | None) -> tuple[object, Callable[[int], dict]]:
     """(the resolved protocol, steps -> its attacks) for --protocol, the flags overriding its fields."""
-    from menet.attack_settings import build_attacks as build_from_settings
     from menet.config import ConfigError
     from menet.protocols import resolve
 
@@ -74,7 +73,7 @@ def protocol_attacks(args: argparse.Namespace, dataset: str, source: object | No
     label = ("transfer-" if source is not None else "") + args.protocol
 
     def attacks_at(steps: int) -> dict:
-        return {label: next(iter(build_from_settings({label: resolved.attack_at(steps)}, source).values()))}
+        return resolved.attacks(steps, source, label)
 
     return resolved, attacks_at
 

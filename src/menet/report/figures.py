@@ -10,7 +10,7 @@ fails with one line naming the step that makes them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -135,9 +135,8 @@ def _stored(path: Path, attack: str, step: str) -> StoredFeatures:
                               f"run {step}")
     return stored
 
-def _interval(row: Mapping[str, Any]) -> tuple[float, float]:
-    """A summary row's 95% interval (all draws) as (low, high), NaN where none is stored."""
-    interval = row.get("all_draws_ci")
+def _interval(interval: Sequence[float] | None) -> tuple[float, float]:
+    """A stored 95% interval as (low, high), NaN where none is stored."""
     return (float(interval[0]), float(interval[1])) if interval else (float("nan"), float("nan"))
 
 
@@ -159,7 +158,7 @@ def steps_figure(figure: Mapping[str, Any], recipe_name: str, root: Path, out: P
                 inner = settings.get("of", settings)
                 if inner.get("steps"):
                     row = result["summary"][name]
-                    points.append((float(inner["steps"]), row["robust_all_draws"], *_interval(row)))
+                    points.append((float(inner["steps"]), row["robust_all_draws"], *_interval(row.get("all_draws_ci"))))
             if points:
                 panels[panel][label] = sorted(points)
     panels = {panel: series for panel, series in panels.items() if series}
@@ -246,7 +245,7 @@ def run_figures(runs: Mapping[str, Path], out: Path, files: ResultFiles | None =
                     continue
                 fixed = "steps" if axis == "eps" else "eps"
                 key = f"PGD, {fixed} {r[fixed]:g}" + (f", EOT-{r['eot']}" if r["eot"] > 1 else "")
-                series.setdefault(key, []).append((float(r[axis]), r["accuracy"], *_interval({"all_draws_ci": r["interval"]})))
+                series.setdefault(key, []).append((float(r[axis]), r["accuracy"], *_interval(r["interval"])))
             series = {k: sorted(v) for k, v in series.items() if len(v) >= 2}
             if series:
                 panels[name] = series
