@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -195,3 +197,20 @@ def test_scaled_data_keeps_the_gap(fashion_matrices, scale, mu):
     ref = nuclear_norm_reference(a * scale, mask, mu=mu * scale, **REFERENCE)
     got = nuclear_norm(torch.from_numpy(a * scale), torch.from_numpy(mask), mu=mu * scale).numpy()
     assert relative_gap(got, ref, a * scale, mask, mu * scale).max() < 1e-4
+
+
+@pytest.mark.parametrize("scale", [255.0, 10.0])
+def test_scaling_the_problem_keeps_admm_steps(fashion_matrices, scale):
+    """(c a, c mu) is the problem (a, mu) scaled by c: ADMM's penalty depends on tau / max|a| only,
+    so it takes the same steps and gives c times the result (a penalty of 0.7 tau p took all 60
+    steps at c = 255, against about 15). For c >= 1 the stopping threshold, tol * min(1, mu,
+    mu / max|a|), is the same too; below 1 it tightens with mu, by design."""
+    nn_module = importlib.import_module("menet.estimation.nuclear_norm")
+    a = fashion_matrices[:16]
+    mask = torch.from_numpy(bernoulli_mask(tuple(a.shape), 0.5, seed=43))
+    base, base_stats = nn_module.nuclear_norm_with_stats(a, mask)
+    scaled, scaled_stats = nn_module.nuclear_norm_with_stats(a * scale, mask, mu=scale)
+    steps, scaled_steps = base_stats["admm_iterations"], scaled_stats["admm_iterations"]
+    assert steps < 30 * a.shape[0]  # far from the cap, so equal counts mean something
+    assert abs(scaled_steps - steps) <= 0.05 * steps, (steps, scaled_steps)
+    torch.testing.assert_close(scaled / scale, base, rtol=0, atol=1e-3)
