@@ -214,3 +214,23 @@ def test_scaling_the_problem_keeps_admm_steps(fashion_matrices, scale):
     assert steps < 30 * a.shape[0]  # far from the cap, so equal counts mean something
     assert abs(scaled_steps - steps) <= 0.05 * steps, (steps, scaled_steps)
     torch.testing.assert_close(scaled / scale, base, rtol=0, atol=1e-3)
+
+
+def test_admm_start_is_the_mean_of_observed_neighbours():
+    """ADMM's start, against a loop: observed entries kept, each unobserved one the mean of the
+    observed among its 8 neighbours (0 where none is); it gets the zero-filled data, as the
+    solver passes it (that unobserved entries never matter is tested on the solver itself)."""
+    nn_module = importlib.import_module("menet.estimation.nuclear_norm")
+    rng = np.random.default_rng(7)
+    a = rng.uniform(-1, 1, (3, 5, 7))
+    mask = rng.random(a.shape) < 0.4
+    mask[2] = False
+    mask[2, 0, 0] = True  # far corner entries of matrix 2 have no observed neighbour
+    expected = np.where(mask, a, 0.0)
+    for b, i, j in zip(*np.nonzero(~mask)):
+        values = [a[b, u, v] for u in range(i - 1, i + 2) for v in range(j - 1, j + 2)
+                  if 0 <= u < 5 and 0 <= v < 7 and mask[b, u, v]]
+        expected[b, i, j] = np.mean(values) if values else 0.0
+    obs = torch.from_numpy(mask).double()
+    got = nn_module._neighbour_fill(torch.from_numpy(np.where(mask, a, 0.0)), obs)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=1e-12)

@@ -5,17 +5,19 @@ original ME-Net code passed to cvxpy/SCS per image). This objective is twice
 F(X) = 0.5 ||mask * (X - a)||^2 + tau ||X||_* with tau = mu / 2.
 
 Two phases, each matrix on its own:
-1. ADMM on the split X = Y (Y carries the data term, X the nuclear norm), with penalty
+1. ADMM on the split X = Y (Y carries the data term, X the nuclear norm), started from the
+   observed entries with each unobserved one set to the mean of its observed neighbours
+   (``_neighbour_fill``; it reads observed entries only, and on images, which are smooth, it
+   saves 0.5 to 3 steps against the zero-filled start), with penalty
    rho = ADMM_RHO * (observed fraction) * max(t, sqrt(t / 2)), t = tau / max|a_observed|,
    and over-relaxation RELAX. The penalty depends on the data only through t, so scaling a and
    mu by the same factor (the same problem, scaled) takes the same steps; at t = 1/2 (mu = 1,
-   data in [-1, 1]) it is 0.35 * (observed fraction). Below t = 1/2 the square root keeps
-   ADMM within its step cap longer (mu = 0.2, p = 0.5: 33 steps against 52 for rho linear in
-   t; data in [0, 255] with mu scaled alike: 9 steps, where rho = 0.7 tau p hit the cap of
-   60 at every matrix, 2026-12-01, benchmarks/RESULTS.md). Measured on real
-   images it needs about half of FISTA's iterations (32 x 96, p = 0.5: 15 against 37 with
-   gradient restart and 58 with function restart), and its thresholds are at tau / rho, well
-   above FISTA's, so its iterates have low rank: its singular value thresholds use a tracked
+   data in [-1, 1]) it is 0.425 * (observed fraction). Below t = 1/2 the square root keeps
+   ADMM within its step cap longer; a penalty of 0.7 tau p (the first version) hit the cap of
+   60 at every matrix of data in [0, 255] with mu scaled alike (benchmarks/RESULTS.md).
+   Measured on real images it needs about a third of FISTA's iterations (32 x 96, p = 0.5: 12
+   against 37 with gradient restart and 58 with function restart), and its thresholds are at
+   tau / rho, well above FISTA's, so its iterates have low rank: its singular value thresholds use a tracked
    block of singular vectors (``subspace_svt``), a k x k eigh instead of an m x m one. It
    stops when its relative primal and dual residuals are below SWITCH_FACTOR times the final
    threshold. Its steps may be inexact (a tracked block can miss a direction for a step):
@@ -69,11 +71,12 @@ log = logging.getLogger(__name__)
 
 # ADMM's penalty is ADMM_RHO * (observed fraction) * max(t, sqrt(t / 2)), t = tau / max|a| (see
 # the module docstring); ADMM leaves for FISTA once its relative residuals are below
-# SWITCH_FACTOR times FISTA's threshold, or after MAX_ADMM_ITERS.
-ADMM_RHO = 0.7
+# SWITCH_FACTOR times FISTA's threshold, or after MAX_ADMM_ITERS. ADMM_RHO and RELAX were chosen
+# on a grid of {0.7, 0.85, 1.0} x {1.5, 1.6, 1.7} (benchmarks/RESULTS.md).
+ADMM_RHO = 0.85
 SWITCH_FACTOR = 5.0
 MAX_ADMM_ITERS = 60
-RELAX = 1.5
+RELAX = 1.6
 
 
 def _sum_sq(x: Tensor) -> Tensor:
@@ -151,6 +154,15 @@ def _penalty_scale(tau: float, b: Tensor) -> Tensor:
     return torch.maximum(t, (t / 2).sqrt())
 
 
+def _neighbour_fill(b: Tensor, obs: Tensor) -> Tensor:
+    """ADMM's start (B, m, n): the observed entries, and each unobserved one the mean of the observed
+    entries among its 8 neighbours (0 where none is observed). It reads observed entries only."""
+    both = torch.nn.functional.pad(torch.stack((b, obs)), (1, 1, 1, 1))
+    rows = both[..., :-2, :] + both[..., 1:-1, :] + both[..., 2:, :]
+    sums = rows[..., :-2] + rows[..., 1:-1] + rows[..., 2:]  # 3 x 3 box sums (2, B, m, n)
+    return torch.addcmul(b, 1.0 - obs, sums[0] / sums[1].clamp_min(1.0))
+
+
 def _admm(
     b: Tensor, obs: Tensor, tau: float, threshold: Tensor, max_iters: int, stats: dict[str, float],
 ) -> tuple[Tensor, Tensor]:
@@ -166,16 +178,18 @@ def _admm(
     # Y = argmin 0.5 ||obs * (Y - a)||^2 + rho / 2 ||Y - (X + L)||^2 = data + weight * (X + L).
     weight = rho / (obs + rho)
     data = b / (obs + rho)
-    x = b.clone()
-    dual = torch.zeros_like(b)
+    x = _neighbour_fill(b, obs)
+    # The threshold's input v = relaxed - L carries the dual too: L = x - v after each step, so
+    # x + L = 2 x - v, and the next input is relaxed - L = v + RELAX * (y - x).
+    v = x.clone()  # L = 0
     limit = SWITCH_FACTOR * threshold
     basis, size = None, full_sizes(batch, b.shape[-2], b.device)
     for it in range(1, min(max_iters, MAX_ADMM_ITERS) + 1):
-        y = torch.addcmul(data, weight, x + dual)
-        relaxed = torch.lerp(x, y, RELAX)  # over-relaxation (Eckstein and Bertsekas, 1992)
-        x_new, basis, size, flops = threshold_tracked(relaxed - dual, tau / rho.view(-1, 1), basis, size)
+        y = torch.addcmul(data, weight, torch.lerp(v, x, 2.0))
+        # Over-relaxation (Eckstein and Bertsekas, 1992): relaxed = x + RELAX * (y - x).
+        v.add_(y, alpha=RELAX).sub_(x, alpha=RELAX)
+        x_new, basis, size, flops = threshold_tracked(v, tau / rho.view(-1, 1), basis, size)
         stats["flops"] += flops
-        dual.add_(x_new).sub_(relaxed)
         primal = x_new - y
         change = x_new - x
         x = x_new
@@ -188,8 +202,8 @@ def _admm(
         if bool(done.any()):
             out[active[done]] = x[done]
             keep = ~done
-            active, weight, data, x, dual, rho, basis, size, limit = (
-                active[keep], weight[keep], data[keep], x[keep], dual[keep], rho[keep], basis[keep], size[keep],
+            active, weight, data, x, v, rho, basis, size, limit = (
+                active[keep], weight[keep], data[keep], x[keep], v[keep], rho[keep], basis[keep], size[keep],
                 limit[keep],
             )
             if active.numel() == 0:

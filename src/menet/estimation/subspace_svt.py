@@ -68,7 +68,9 @@ def threshold_tracked(v: Tensor, threshold: Tensor, basis: Tensor | None, size: 
     sizes = torch.where(sizes > m - MIN_SAVING, torch.full_like(sizes, m), sizes)
     groups = torch.unique(sizes).tolist()
     gram = v @ v.mT
-    x = torch.empty_like(v) if len(groups) > 1 else None
+    # Each group's filter matrix U diag(w) U^T (m x m); one product with v at the end, so that
+    # the m x n matrices are neither gathered nor scattered per group.
+    filters = torch.empty_like(gram) if len(groups) > 1 else None
     next_size = torch.empty(batch, dtype=torch.long, device=v.device)
     flops = 0.0
     for k in groups:
@@ -93,12 +95,12 @@ def threshold_tracked(v: Tensor, threshold: Tensor, basis: Tensor | None, size: 
             # Every Ritz value passed, or the block broke down: next time, the full decomposition.
             passed = torch.where((passed >= k) | failed, torch.full_like(passed, m), passed)
         next_size[rows] = (passed + MARGIN).clamp(max=m)
-        x_k = ((vecs * w.unsqueeze(-2)) @ vecs.mT) @ v[rows]
-        if x is None:
-            x = x_k
+        filter_k = (vecs * w.unsqueeze(-2)) @ vecs.mT
+        if filters is None:
+            filters = filter_k
         else:
-            x[rows] = x_k
-    return Thresholded(x, basis, next_size, flops)
+            filters[rows] = filter_k
+    return Thresholded(filters @ v, basis, next_size, flops)
 
 
 def _rayleigh_ritz(gram: Tensor, block: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -116,4 +118,6 @@ def _orthonormalise(y: Tensor) -> tuple[Tensor, Tensor]:
     close to rank-deficient: the power step makes the columns of small Ritz values nearly
     parallel to the others), and (B,) bool: True where it is not finite."""
     q = torch.linalg.qr(y).Q
-    return q, ~torch.isfinite(q).all(-1).all(-1)
+    # A NaN or Inf anywhere in a matrix makes its sum non-finite (the entries of an orthonormal
+    # q are at most 1, so a finite q cannot overflow it): one pass instead of an elementwise test.
+    return q, ~torch.isfinite(q.sum((-2, -1)))
