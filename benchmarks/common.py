@@ -28,6 +28,20 @@ def median_time(fn: Callable[[], object], repeats: int = 3) -> float:
     return statistics.median(times)
 
 
+def interleaved_median_times(fns: list[Callable[[], object]], repeats: int = 3) -> list[float]:
+    """Median wall-clock seconds of each of ``fns``, called in turn ``repeats`` times (A B A B ...),
+    so that a machine whose speed drifts during the run biases none of them."""
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, out in zip(fns, times):
+            synchronize()
+            start = time.perf_counter()
+            fn()
+            synchronize()
+            out.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
 def cifar_like(images: torch.Tensor) -> torch.Tensor:
     """uint8 (N, 1, 28, 28) -> uint8 (N, 3, 32, 32): padded, channels from shifted, scaled copies
     (CIFAR-10 is not shipped with menet)."""

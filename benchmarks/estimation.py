@@ -21,7 +21,7 @@ import sys
 
 import numpy as np
 import torch
-from common import median_time
+from common import interleaved_median_times, median_time
 from nuclear_norm_v1 import nuclear_norm as nuclear_norm_v1
 
 from menet.data import load_dataset
@@ -80,9 +80,11 @@ def bench_nucnorm(batch: int, repeats: int, device: str) -> None:
         for p in (0.5, 0.91):
             mask = (torch.rand(a.shape, generator=torch.Generator().manual_seed(0)) < p).to(device)
             _, stats = nuclear_norm_with_stats(a, mask)  # warm-up, and the work counts
-            t_new = median_time(lambda: nuclear_norm(a, mask), repeats)
             nuclear_norm_v1(a, mask)
-            t_old = median_time(lambda: nuclear_norm_v1(a, mask), repeats)
+            # Alternated (new, previous, new, ...): this VM's speed drifts by 20-40% within minutes.
+            t_new, t_old = interleaved_median_times(
+                [lambda: nuclear_norm(a, mask), lambda: nuclear_norm_v1(a, mask)], repeats
+            )
             per = stats["matrices"]
             iters = f"{stats['admm_iterations'] / per:.1f} ADMM + {stats['iterations'] / per:.1f} FISTA iterations"
             share = "" if peak is None else f", {stats['flops'] / t_new / 1e9 / peak:.1%} of peak"
