@@ -216,21 +216,43 @@ def test_scaling_the_problem_keeps_admm_steps(fashion_matrices, scale):
     torch.testing.assert_close(scaled / scale, base, rtol=0, atol=1e-3)
 
 
-def test_admm_start_is_the_mean_of_observed_neighbours():
-    """ADMM's start, against a loop: observed entries kept, each unobserved one the mean of the
-    observed among its 8 neighbours (0 where none is); it gets the zero-filled data, as the
-    solver passes it (that unobserved entries never matter is tested on the solver itself)."""
+def _loop_start(a: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """ADMM's documented start, by loops: per matrix, the neighbour mean of each unobserved entry
+    (0 where no neighbour is observed) if the neighbours' mean predicts the observed entries with
+    a squared error below half their variance, else the zero-filled data."""
+    out = np.where(mask, a, 0.0)
+    for k in range(a.shape[0]):
+        m, n = a.shape[1:]
+
+        def neighbour_values(i, j, k=k):
+            return [a[k, u, v] for u in range(i - 1, i + 2) for v in range(j - 1, j + 2)
+                    if (u, v) != (i, j) and 0 <= u < m and 0 <= v < n and mask[k, u, v]]
+
+        errors = [(a[k, i, j] - np.mean(neighbour_values(i, j))) ** 2
+                  for i, j in zip(*np.nonzero(mask[k])) if neighbour_values(i, j)]
+        observed = a[k][mask[k]]
+        if errors and np.mean(errors) < 0.5 * observed.var():
+            for i, j in zip(*np.nonzero(~mask[k])):
+                values = neighbour_values(i, j)
+                out[k, i, j] = np.mean(values) if values else 0.0
+    return out
+
+
+def test_admm_start_is_the_neighbour_mean_where_it_predicts_well():
+    """ADMM's start against loops: smooth matrices get the neighbour mean at unobserved entries
+    (0 where none is observed), noise keeps the zero-filled data. It gets the zero-filled data,
+    as the solver passes it (that unobserved entries never matter is tested on the solver)."""
     nn_module = importlib.import_module("menet.estimation.nuclear_norm")
     rng = np.random.default_rng(7)
-    a = rng.uniform(-1, 1, (3, 5, 7))
-    mask = rng.random(a.shape) < 0.4
-    mask[2] = False
-    mask[2, 0, 0] = True  # far corner entries of matrix 2 have no observed neighbour
-    expected = np.where(mask, a, 0.0)
-    for b, i, j in zip(*np.nonzero(~mask)):
-        values = [a[b, u, v] for u in range(i - 1, i + 2) for v in range(j - 1, j + 2)
-                  if 0 <= u < 5 and 0 <= v < 7 and mask[b, u, v]]
-        expected[b, i, j] = np.mean(values) if values else 0.0
-    obs = torch.from_numpy(mask).double()
-    got = nn_module._neighbour_fill(torch.from_numpy(np.where(mask, a, 0.0)), obs)
+    rows, cols = np.meshgrid(np.arange(5.0), np.arange(7.0), indexing="ij")
+    smooth = (0.3 * rows - 0.2 * cols)[None] + 0.02 * rng.standard_normal((2, 5, 7))
+    noise = rng.uniform(-1, 1, (2, 5, 7))
+    a = np.concatenate([smooth, noise])
+    mask = rng.random(a.shape) < 0.6
+    mask[1] = False
+    mask[1, 0, :3] = mask[1, 1, :3] = True  # far entries of matrix 1 have no observed neighbour
+    expected = _loop_start(a, mask)
+    assert not np.array_equal(expected[:2], np.where(mask, a, 0.0)[:2])  # smooth: filled
+    np.testing.assert_array_equal(expected[2:], np.where(mask, a, 0.0)[2:])  # noise: zeros
+    got = nn_module._neighbour_fill(torch.from_numpy(np.where(mask, a, 0.0)), torch.from_numpy(mask).double())
     np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=1e-12)
