@@ -6,10 +6,11 @@ F(X) = 0.5 ||mask * (X - a)||^2 + tau ||X||_* with tau = mu / 2.
 
 Two phases, each matrix on its own:
 1. ADMM on the split X = Y (Y carries the data term, X the nuclear norm), started from the
-   observed entries with each unobserved one set to the mean of its observed neighbours
-   (``_neighbour_fill``; it reads observed entries only; on images, which are smooth, it
-   saves 0.5 to 3 steps against the zero-filled start, and on matrices that are not smooth it
-   can cost steps: benchmarks/RESULTS.md), with penalty
+   observed entries with each unobserved one set to the mean of its observed neighbours, where
+   that mean predicts the observed entries well (``_neighbour_fill``; it reads observed entries
+   only). On images, which are smooth, it saves 0.4 to 7 steps against the zero-filled start;
+   on noise or unstructured low-rank matrices it cost up to 2x the steps, so they keep the
+   zero-filled start (benchmarks/RESULTS.md). The penalty is
    rho = ADMM_RHO * (observed fraction) * t, t = tau / max|a_observed|, and over-relaxation
    RELAX. The penalty depends on the data only through t, so scaling a and mu up by the same
    factor (the same problem, scaled) takes the same steps (scaling down tightens the stopping
