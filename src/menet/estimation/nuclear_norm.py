@@ -50,8 +50,11 @@ found a 1.4e-4 gap on 11 x 13 random matrices at p = 0.125, mu = 0.125, and gaps
 previous solver gives the same): small mu at small p needs a smaller tol.
 
 Every operation on a matrix depends on that matrix alone (block sizes are per matrix, work is
-grouped by size), so a result does not depend on the batch it is computed in, and the
-unobserved entries of ``a`` are never read (zero-filled before any arithmetic).
+grouped by size), so a result does not depend on the batch it is computed in, up to rounding:
+MKL's batched products and eigh may round a matrix differently in another batch at some sizes
+(9 x 9, 31 x 27: 1.5e-6 relative in float32, 3e-15 in float64; bitwise equal at 28 x 28 and
+32 x 96, review of 2026-12-01). The unobserved entries of ``a`` are never read (zero-filled
+before any arithmetic).
 """
 
 from __future__ import annotations
