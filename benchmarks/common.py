@@ -18,14 +18,7 @@ def synchronize() -> None:
 
 def median_time(fn: Callable[[], object], repeats: int = 3) -> float:
     """Median wall-clock seconds of ``repeats`` calls of ``fn``."""
-    times = []
-    for _ in range(repeats):
-        synchronize()
-        start = time.perf_counter()
-        fn()
-        synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return interleaved_median_times([fn], repeats)[0]
 
 
 def interleaved_median_times(fns: list[Callable[[], object]], repeats: int = 3) -> list[float]:

@@ -21,9 +21,8 @@ Two phases, each matrix on its own:
    against 37 with gradient restart and 58 with function restart), and its thresholds are at
    tau / rho, well above FISTA's, so its iterates have low rank: its singular value
    thresholds use a tracked block of singular vectors (``subspace_svt``), a k x k eigh
-   instead of an m x m one. It
-   stops when its relative primal and dual residuals are below SWITCH_FACTOR times the final
-   threshold. Its steps may be inexact (a tracked block can miss a direction for a step):
+   instead of an m x m one. It stops when its relative primal and dual residuals are below
+   SWITCH_FACTOR times the final threshold. Its steps may be inexact (a tracked block can miss a direction for a step):
    that costs iterations, never accuracy, because
 2. FISTA with function-value restart (step 1: the smooth part has a 1-Lipschitz gradient)
    starts from ADMM's point, with exact thresholds (eigh of the full Gram matrix), and stops
@@ -84,10 +83,10 @@ log = logging.getLogger(__name__)
 ADMM_RHO = 0.85
 SWITCH_FACTOR = 5.0
 MAX_ADMM_ITERS = 60
+RELAX = 1.6
 # ADMM starts from the neighbour fill where it predicts observed entries with a squared error
 # below this fraction of their variance (``_neighbour_fill``).
 SMOOTH_RATIO = 0.5
-RELAX = 1.6
 
 
 def _sum_sq(x: Tensor) -> Tensor:
@@ -150,18 +149,19 @@ def _solve(a: Tensor, mask: Tensor, mu: float, max_iters: int, tol: float) -> tu
     tau = mu / 2.0
     # The stop of the module docstring, per matrix: tol * min(1, mu, mu / max|a|) (scaling the
     # data by c acts as dividing mu by c; data in [-1, 1] keeps tol * min(1, mu)).
-    threshold = tol * (mu / b.abs().amax((-2, -1))).clamp(max=min(1.0, mu))  # (B,)
-    start, converged = _admm(b, obs, tau, threshold, max_iters, stats)
+    amax = b.abs().amax((-2, -1))  # (B,)
+    threshold = tol * (mu / amax).clamp(max=min(1.0, mu))
+    start, converged = _admm(b, obs, tau, _penalty_scale(tau, amax), threshold, max_iters, stats)
     start = torch.where(converged.view(-1, 1, 1), start, b)  # see the module docstring
     out = _fista(b, obs, start, tau, threshold, max_iters, tol, stats)
     return (out.mT if transpose else out), stats
 
 
-def _penalty_scale(tau: float, b: Tensor) -> Tensor:
-    """t = tau / max|b| per matrix (B, 1, 1), bounded to [1e-6, 1e6] (an all-zero b has no
-    scale; any finite penalty solves it)."""
-    amax = b.abs().amax((-2, -1), keepdim=True)
-    return (tau / amax.clamp_min(torch.finfo(b.dtype).tiny)).clamp(1e-6, 1e6)
+def _penalty_scale(tau: float, amax: Tensor) -> Tensor:
+    """t = tau / max|a_observed| (B, 1, 1) from ``amax`` (B,), bounded to [1e-6, 1e6] (an
+    all-zero matrix has no scale; any finite penalty solves it)."""
+    t = tau / amax.clamp_min(torch.finfo(amax.dtype).tiny)
+    return t.clamp(1e-6, 1e6).view(-1, 1, 1)
 
 
 def _neighbour_fill(b: Tensor, obs: Tensor) -> Tensor:
@@ -185,17 +185,19 @@ def _neighbour_fill(b: Tensor, obs: Tensor) -> Tensor:
 
 
 def _admm(
-    b: Tensor, obs: Tensor, tau: float, threshold: Tensor, max_iters: int, stats: dict[str, float],
+    b: Tensor, obs: Tensor, tau: float, penalty_scale: Tensor, threshold: Tensor, max_iters: int,
+    stats: dict[str, float],
 ) -> tuple[Tensor, Tensor]:
     """ADMM on min tau ||X||_* + 0.5 ||obs * (Y - a)||^2 s.t. X = Y (scaled dual L), per matrix
     until its primal and dual residuals fall below SWITCH_FACTOR * threshold (relative), at most
-    min(max_iters, MAX_ADMM_ITERS) steps. b, obs: (B, m, n); threshold (B,). Returns its points
+    min(max_iters, MAX_ADMM_ITERS) steps. b, obs: (B, m, n); penalty_scale (B, 1, 1) from
+    ``_penalty_scale``; threshold (B,). Returns its points
     (B, m, n) and (B,) bool: True where the residuals met the bound."""
     batch = b.shape[0]
     out = torch.empty_like(b)
     converged = torch.zeros(batch, dtype=torch.bool, device=b.device)
     active = torch.arange(batch, device=b.device)
-    rho = ADMM_RHO * obs.mean((-2, -1), keepdim=True) * _penalty_scale(tau, b)  # (B, 1, 1)
+    rho = ADMM_RHO * obs.mean((-2, -1), keepdim=True) * penalty_scale  # (B, 1, 1)
     # Y = argmin 0.5 ||obs * (Y - a)||^2 + rho / 2 ||Y - (X + L)||^2 = data + weight * (X + L).
     weight = rho / (obs + rho)
     data = b / (obs + rho)
