@@ -152,7 +152,8 @@ def _solve(a: Tensor, mask: Tensor, mu: float, max_iters: int, tol: float) -> tu
     amax = b.abs().amax((-2, -1))  # (B,)
     threshold = tol * (mu / amax).clamp(max=min(1.0, mu))
     start, converged = _admm(b, obs, tau, _penalty_scale(tau, amax), threshold, max_iters, stats)
-    start = torch.where(converged.view(-1, 1, 1), start, b)  # see the module docstring
+    if not bool(converged.all()):
+        start[~converged] = b[~converged]  # see the module docstring
     out = _fista(b, obs, start, tau, threshold, max_iters, tol, stats)
     return (out.mT if transpose else out), stats
 
@@ -164,24 +165,43 @@ def _penalty_scale(tau: float, amax: Tensor) -> Tensor:
     return t.clamp(1e-6, 1e6).view(-1, 1, 1)
 
 
+def _box_sums(t: Tensor) -> Tensor:
+    """Sum of each entry's 3 x 3 box, zero outside the matrix (B, m, n); two new tensors at
+    most (a rows pass, then the columns pass in place on a copy)."""
+    rows = t.clone()
+    rows[..., 1:, :] += t[..., :-1, :]
+    rows[..., :-1, :] += t[..., 1:, :]
+    sums = rows.clone()
+    sums[..., 1:] += rows[..., :-1]
+    sums[..., :-1] += rows[..., 1:]
+    return sums
+
+
 def _neighbour_fill(b: Tensor, obs: Tensor) -> Tensor:
-    """ADMM's start (B, m, n): the observed entries, and each unobserved one the mean of the
-    observed entries among its 8 neighbours (0 where none is observed), where that mean predicts
-    the observed entries well: its squared error on them below SMOOTH_RATIO times their variance
-    (images). Elsewhere (noise, unstructured low rank) the zero-filled data, on which ADMM needs
-    fewer steps there. It reads observed entries only."""
-    both = torch.nn.functional.pad(torch.stack((b, obs)), (1, 1, 1, 1))
-    rows = both[..., :-2, :] + both[..., 1:-1, :] + both[..., 2:, :]
-    sums, counts = rows[..., :-2] + rows[..., 1:-1] + rows[..., 2:]  # 3 x 3 box sums (B, m, n)
-    fill = torch.addcmul(b, 1.0 - obs, sums / counts.clamp_min(1.0))
+    """ADMM's start (B, m, n), a new tensor: the observed entries, and each unobserved one the
+    mean of the observed entries among its 8 neighbours (0 where none is observed), where that
+    mean predicts the observed entries well: its squared error on them below SMOOTH_RATIO times
+    their variance (images). Elsewhere (noise, unstructured low rank) the zero-filled data, on
+    which ADMM needs fewer steps there. It reads observed entries only. Its temporaries are a few
+    chunk-sized tensors, computed in place (the chunk bounds the memory of a call)."""
+    sums, counts = _box_sums(b), _box_sums(obs)
     # At an observed entry the box holds the entry itself: its neighbours' mean leaves it out.
     others = counts - obs
     scored = obs * (others > 0)
-    error = (scored * (b - (sums - b) / others.clamp_min(1.0)).square()).sum((-2, -1))
+    miss = (sums - b).div_(others.clamp_min_(1.0)).sub_(b).square_().mul_(scored)
+    error = miss.sum((-2, -1))
     observed = obs.sum((-2, -1))
-    spread = (obs * (b - b.sum((-2, -1), keepdim=True) / observed.view(-1, 1, 1)).square()).sum((-2, -1))
+    mean = b.sum((-2, -1), keepdim=True) / observed.view(-1, 1, 1)
+    spread = torch.sub(b, mean, out=miss).square_().mul_(obs).sum((-2, -1))
     smooth = error * observed < SMOOTH_RATIO * spread * scored.sum((-2, -1))
-    return torch.where(smooth.view(-1, 1, 1), fill, b)
+    del others, scored, miss
+    # fill = b + (1 - obs) * sums / max(counts, 1): b at observed entries (b is 0 elsewhere).
+    fill = sums.div_(counts.clamp_min_(1.0))
+    fill.addcmul_(fill, obs, value=-1.0).add_(b)
+    rough = ~smooth
+    if bool(rough.any()):
+        fill[rough] = b[rough]
+    return fill
 
 
 def _admm(
@@ -194,6 +214,7 @@ def _admm(
     ``_penalty_scale``; threshold (B,). Returns its points
     (B, m, n) and (B,) bool: True where the residuals met the bound."""
     batch = b.shape[0]
+    x = _neighbour_fill(b, obs)  # first: its temporaries are gone before ADMM's own state exists
     out = torch.empty_like(b)
     converged = torch.zeros(batch, dtype=torch.bool, device=b.device)
     active = torch.arange(batch, device=b.device)
@@ -201,7 +222,6 @@ def _admm(
     # Y = argmin 0.5 ||obs * (Y - a)||^2 + rho / 2 ||Y - (X + L)||^2 = data + weight * (X + L).
     weight = rho / (obs + rho)
     data = b / (obs + rho)
-    x = _neighbour_fill(b, obs)
     # The threshold's input v = relaxed - L carries the dual too: L = x - v after each step, so
     # x + L = 2 x - v, and the next input is relaxed - L = v + RELAX * (y - x).
     v = x.clone()  # L = 0
@@ -213,12 +233,14 @@ def _admm(
         v.add_(y, alpha=RELAX).sub_(x, alpha=RELAX)
         x_new, basis, size, flops = threshold_tracked(v, tau / rho.view(-1, 1), basis, size)
         stats["flops"] += flops
-        primal = x_new - y
-        change = x_new - x
+        # Residuals in place: y and the old x are not needed again (fewer live temporaries).
+        primal_sq = _sum_sq(y.sub_(x_new))
+        change_sq = _sum_sq(x.sub_(x_new))
+        del y
         x = x_new
         stats["admm_iterations"] += x.shape[0]
         scale = _sum_sq(x) * (limit * limit)
-        done = (_sum_sq(primal) <= scale) & (_sum_sq(change) <= scale)
+        done = (primal_sq <= scale) & (change_sq <= scale)
         converged[active] = done
         if it == min(max_iters, MAX_ADMM_ITERS):
             done = torch.ones_like(done)
@@ -240,24 +262,23 @@ def _fista(
 ) -> Tensor:
     """FISTA with function-value restart from ``start`` until the relative change of the iterate
     falls below ``threshold`` (B,)."""
-    unobs = 1.0 - obs
-    neg_b = -b
+    observed = obs.bool()
     out = torch.empty_like(b)
     active = torch.arange(b.shape[0], device=b.device)
     x = y = start
     t = torch.ones(b.shape[0], 1, 1, dtype=b.dtype, device=b.device)
     f_prev = torch.full((b.shape[0],), float("inf"), dtype=b.dtype, device=b.device)
     for it in range(1, max_iters + 1):
-        z = torch.addcmul(b, unobs, y)  # y - grad, with grad = mask * (y - a)
-        x_new, s = spectral_filter(z, lambda s: soft_threshold_weights(s, tau))
-        residual = torch.addcmul(neg_b, obs, x_new)
-        f = 0.5 * _sum_sq(residual) + tau * (s - tau).clamp_min(0).sum(-1)
+        # y - grad, with grad = mask * (y - a): a where observed, y elsewhere (b is a there).
+        x_new, s = spectral_filter(torch.where(observed, b, y), lambda s: soft_threshold_weights(s, tau))
+        del y
+        f = 0.5 * _sum_sq(torch.addcmul(b, obs, x_new, value=-1.0)) + tau * (s - tau).clamp_min(0).sum(-1)
         step = x_new - x
         done = _sum_sq(step) <= threshold * threshold * _sum_sq(x_new)
         # Function-value restart (O'Donoghue and Candes, 2015): drop momentum on ascent.
         t = torch.where((f > f_prev).view(-1, 1, 1), torch.ones_like(t), t)
         t_next = 0.5 * (1.0 + torch.sqrt(1.0 + 4.0 * t * t))
-        y = torch.addcmul(x_new, (t - 1.0) / t_next, step)
+        y = step.mul_((t - 1.0) / t_next).add_(x_new)
         x, t, f_prev = x_new, t_next, f
         stats["iterations"] += x.shape[0]
         stats["flops"] += x.shape[0] * step_flops(*sorted(x.shape[-2:]), min(x.shape[-2:]))
@@ -271,8 +292,8 @@ def _fista(
         if bool(done.any()):
             out[active[done]] = x[done]
             keep = ~done
-            active, b, neg_b, obs, unobs, x, y, t, f_prev, threshold = (
-                active[keep], b[keep], neg_b[keep], obs[keep], unobs[keep], x[keep], y[keep],
+            active, b, obs, observed, x, y, t, f_prev, threshold = (
+                active[keep], b[keep], obs[keep], observed[keep], x[keep], y[keep],
                 t[keep], f_prev[keep], threshold[keep],
             )
             if active.numel() == 0:
