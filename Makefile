@@ -7,7 +7,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
 .PHONY: demo test data bench clean
 
-$(STAMP): pyproject.toml constraints.txt requirements-nodeps.txt
+$(STAMP): pyproject.toml setup.py src/menet/estimation/_jacobi.c constraints.txt requirements-nodeps.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
