@@ -9,7 +9,8 @@ Fashion-MNIST test images (28 x 28), and CIFAR-shaped 32 x 96 "concat" matrices 
 them (padded to 32 x 32, three channels from shifted and scaled copies), since CIFAR-10 is
 not shipped with menet.
 
-Usage: python benchmarks/estimation.py [--quick] [--device cuda] [--no-reference]
+Usage: python benchmarks/estimation.py [--quick] [--device cuda] [--no-reference] [--nucnorm-only]
+[--eigh-only] [--memory-only [--memory-threads N]]
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from common import interleaved_median_times, median_time
 from nuclear_norm_v1 import nuclear_norm as nuclear_norm_v1
 
 from menet.data import load_dataset
-from menet.estimation import nuclear_norm, soft_impute, tv_minimization, usvt
+from menet.estimation import nuclear_norm, small_eigh, soft_impute, tv_minimization, usvt
 from menet.estimation.nuclear_norm import nuclear_norm_with_stats
 from menet.estimation.reference import (
     nuclear_norm_objective,
@@ -141,6 +142,37 @@ def bench_shape(name: str, data: np.ndarray, p: float, args: argparse.Namespace)
         )
 
 
+def bench_small_eigh(repeats: int) -> None:
+    """The compiled Jacobi eigh (``small_eigh.jacobi_eigh``) against LAPACK (``torch.linalg.eigh``)
+    on 512 float32 matrices, one thread, alternated: Gram matrices of n x 3n Gaussian matrices
+    from a cold start, and the same rotated by a perturbed eigenbasis (near diagonal form, as
+    the solver's Rayleigh-Ritz matrices). The solver's own share is in the nucnorm lines."""
+    if not small_eigh.compiled_available():
+        print("small eigh: menet.estimation._jacobi not built", flush=True)
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        g = torch.Generator().manual_seed(0)
+        for n in (8, 12, 16, 20, 24, 28, 32):
+            x = torch.randn(512, n, 3 * n, generator=g)
+            cold = x @ x.mT
+            vectors = torch.linalg.eigh(cold.double())[1]
+            q = torch.linalg.qr(vectors + 1e-2 * torch.randn(vectors.shape, generator=g, dtype=torch.float64)).Q
+            warm = (q.mT @ cold.double() @ q).float()
+            for label, h in (("cold start", cold), ("near diagonal", warm)):
+                ours, lapack = interleaved_median_times(
+                    [lambda: small_eigh.jacobi_eigh(h), lambda: torch.linalg.eigh(h)], repeats=max(repeats, 3)
+                )
+                print(
+                    f"small eigh n={n} {label}: {ours * 1e3:.2f} ms per 512 matrices "
+                    f"({lapack / ours:.2f}x vs LAPACK at {lapack * 1e3:.2f} ms)",
+                    flush=True,
+                )
+    finally:
+        torch.set_num_threads(before)
+
+
 MEMORY_PROBE = """
 import resource, sys, torch
 from menet.estimation import get_method
@@ -187,6 +219,10 @@ def main() -> None:
     parser.add_argument("--ref-nucnorm", type=int, default=4)
     parser.add_argument("--ref-tv", type=int, default=16)
     parser.add_argument("--memory-matrices", type=int, default=100_000)
+    parser.add_argument("--memory-threads", type=int, default=None,
+                        help="threads of the memory probe (default: the core count; each worker holds its own temporaries)")
+    parser.add_argument("--eigh-only", action="store_true",
+                        help="only the compiled Jacobi eigh against LAPACK (small_eigh)")
     parser.add_argument("--quick", action="store_true", help="small run to check the script")
     parser.add_argument("--memory-only", action="store_true", help="only the peak-memory probe")
     parser.add_argument("--no-reference", action="store_true", help="only our images/s (no numpy/cvxpy loops)")
@@ -199,6 +235,9 @@ def main() -> None:
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)
     print(f"# torch {torch.__version__}, {threads} threads, device {args.device}, batch {args.batch}, float32")
+    if args.eigh_only:
+        bench_small_eigh(args.repeats)
+        return
     if not args.memory_only:
         bench_nucnorm(args.batch, args.repeats, args.device)
     if args.nucnorm_only:
@@ -208,7 +247,7 @@ def main() -> None:
             for p in (0.5, 0.8):
                 bench_shape(name, data, p, args)
     if args.device == "cpu":
-        bench_memory(args.memory_matrices, threads)
+        bench_memory(args.memory_matrices, args.memory_threads or threads)
 
 
 if __name__ == "__main__":

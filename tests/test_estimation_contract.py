@@ -150,7 +150,8 @@ def _memory_probe(extra_env: dict[str, str]) -> dict[str, float]:
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "estimation.py"
     result = subprocess.run(
-        [sys.executable, str(script), "--memory-only", "--memory-matrices", "20000"],
+        # 2 threads, as the bounds were measured: each worker holds its own temporaries.
+        [sys.executable, str(script), "--memory-only", "--memory-matrices", "20000", "--memory-threads", "2"],
         capture_output=True, text=True, check=True, env={**os.environ, **extra_env},
     )
     return {

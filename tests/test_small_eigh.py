@@ -42,15 +42,16 @@ def _check_against_lapack(a: torch.Tensor) -> None:
     eps = torch.finfo(a.dtype).eps
     n = a.shape[-1]
     norm = torch.linalg.matrix_norm(a.double()).view(-1, 1)  # Frobenius
-    # Eigenvalues: within a few eps of ||A||_F (the stopping rule bounds them by 4 eps ||A||_F in
-    # exact arithmetic; rotations add rounding of order n eps).
-    assert ((values.double() - reference).abs() <= 8 * n * eps * norm + 1e-300).all()
+    # The stopping rules bound the eigenvalue error by 4 sqrt(n) eps ||A||_F in exact
+    # arithmetic; the rotations add rounding of order n eps (measured worst: 6.5 eps ||A||_F).
+    bound = (8 * n**0.5 + n) * eps
+    assert ((values.double() - reference).abs() <= bound * norm + 1e-300).all()
     assert (values[:, 1:] >= values[:, :-1]).all()  # ascending, as torch returns them
     v = vectors.double()
     eye = torch.eye(n, dtype=torch.float64)
-    assert (v.mT @ v - eye).abs().max() <= 8 * n * eps
+    assert (v.mT @ v - eye).abs().max() <= 4 * n * eps  # measured: about 1.5 n eps
     rebuilt = (v * values.double().unsqueeze(-2)) @ v.mT
-    assert ((rebuilt - a.double()).abs().amax((-2, -1)) <= 8 * n * eps * norm.view(-1)).all()
+    assert ((rebuilt - a.double()).abs().amax((-2, -1)) <= bound * norm.view(-1)).all()
 
 
 def test_compiled_kernel_is_built():
@@ -169,15 +170,27 @@ def test_an_unconverged_matrix_does_not_flag_its_group(monkeypatch):
     assert torch.equal(values[1], alone_values[0]) and torch.equal(vectors[1], alone_vectors[0])
     expected = torch.linalg.eigh(hard)
     assert torch.equal(values[0], expected[0][0]) and torch.equal(vectors[0], expected[1][0])
+    # A matrix whose pairs all pass the rotation test at once, while its off-diagonal norm is
+    # above the stopping level, converges on its own, not when its whole group does.
+    tol = 4 * torch.finfo(torch.float64).eps
+    n = 16
+    stuck = (torch.eye(n, dtype=torch.float64) + 0.5 * tol * (torch.ones(n, n, dtype=torch.float64) - torch.eye(n, dtype=torch.float64)))
+    alone = small_eigh.jacobi_eigh(stuck.unsqueeze(0))
+    grouped = small_eigh.jacobi_eigh(torch.stack([_symmetric(1, n, seed=14)[0], stuck]))
+    assert torch.equal(grouped[0][1], alone[0][0]) and torch.equal(grouped[1][1], alone[1][0])
 
 
 @needs_kernel
-def test_reads_the_lower_triangle_as_lapack_does():
-    a = _symmetric(6, 9, seed=10)
+@pytest.mark.parametrize("dtype, garbage", [(torch.float64, 1.0), (torch.float64, 1e200), (torch.float32, 1e30)])
+def test_reads_the_lower_triangle_as_lapack_does(dtype, garbage):
+    # Huge values in the upper triangle once set the matrix's scale and flushed the lower one's
+    # squares to zero (review helper-15): the eigenvalues were off by 6.
+    a = _symmetric(6, 9, seed=10, dtype=dtype)
     b = a.clone()
     upper = torch.triu(torch.ones(9, 9, dtype=torch.bool), diagonal=1)
-    b[:, upper] += 1.0  # only the strict upper triangle changes
-    np.testing.assert_allclose(small_eigh.jacobi_eigh(b)[0].numpy(), torch.linalg.eigh(a)[0].numpy(), rtol=0, atol=1e-12)
+    b[:, upper] = garbage  # only the strict upper triangle changes
+    atol = 1e-12 if dtype == torch.float64 else 1e-5
+    np.testing.assert_allclose(small_eigh.jacobi_eigh(b)[0].numpy(), torch.linalg.eigh(a)[0].numpy(), rtol=0, atol=atol)
 
 
 @needs_kernel

@@ -1,7 +1,7 @@
 /* Batched eigendecomposition of small symmetric matrices by cyclic Jacobi (menet).
  *
  * LAPACK's eigh handles one small matrix per call (torch loops over the batch), so at the
- * sizes of the nuclear-norm solver (8 to 64) it runs at a few GFLOP/s. Here LANES matrices are
+ * sizes of the nuclear-norm solver (8 to 32) it runs at a few GFLOP/s. Here LANES matrices are
  * stored interleaved ([row][col][lane]) and rotated together, so every inner loop is a vector
  * loop over the lanes. Jacobi also profits from a start near diagonal form (a few sweeps
  * instead of about seven), which the solver's tracked singular vectors give.
@@ -10,8 +10,10 @@
  * floor = (tol * 1e-3 * ||A||_F)^2 (relative accuracy for the large eigenvalues, an absolute
  * floor for the near-zero ones). A matrix has converged when its off-diagonal Frobenius norm is
  * at most tol * ||A||_F (each eigenvalue is then within that of a diagonal entry, by Weyl's
- * inequality) or a sweep rotated nothing; from then on it is left unchanged, so its result does
- * not depend on the other matrices of its group. A matrix that has not converged after
+ * inequality) or a sweep rotated none of its pairs (then the norm is at most sqrt(n) tol
+ * ||A||_F); from then on it is left unchanged, so its result does not depend on the other
+ * matrices of its group. Only the lower triangle is read (as LAPACK), and each matrix is scaled
+ * by a power of 2 first, so that no square under- or overflows. A matrix that has not converged after
  * max_sweeps, or that holds a NaN or Inf, is flagged, not returned as if it had converged: the
  * caller recomputes it.
  *
@@ -43,7 +45,8 @@
             for (int j = 0; j < n; j++)                                                         \
                 for (int l = 0; l < LANES; l++) V[(i * stride + j) * LANES + l] = (T)(i == j);  \
         T fro[LANES];                                                                               \
-        int live[LANES];                                                                            \
+        int live[LANES], done[LANES], rot[LANES];                                                   \
+        for (int l = 0; l < LANES; l++) done[l] = 0;                                                \
         for (int l = 0; l < LANES; l++) fro[l] = 0;                                             \
         for (int i = 0; i < n; i++)                                                             \
             for (int j = 0; j < n; j++) {                                                       \
@@ -71,7 +74,7 @@
                matrix's arithmetic does not depend on the other matrices of its group. */           \
             int pending = 0;                                                                        \
             for (int l = 0; l < LANES; l++) {                                                       \
-                live[l] = !(off[l] <= tol * tol * fro[l]) && !((*nonfinite >> l) & 1);              \
+                live[l] = !done[l] && !(off[l] <= tol * tol * fro[l]) && !((*nonfinite >> l) & 1);  \
                 pending |= live[l];                                                                 \
             }                                                                                       \
             if (!pending) return sweep;                                                             \
@@ -79,7 +82,7 @@
                 for (int l = 0; l < LANES; l++) *unconverged |= live[l] << l;                       \
                 break;                                                                              \
             }                                                                                       \
-            int rotated = 0;                                                                        \
+            for (int l = 0; l < LANES; l++) rot[l] = 0;                                             \
             for (int p = 0; p < n - 1; p++) {                                                   \
                 for (int q = p + 1; q < n; q++) {                                               \
                     T *app = &A[(p * stride + p) * LANES], *aqq = &A[(q * stride + q) * LANES];   \
@@ -95,6 +98,7 @@
                         tt = theta < 0 ? -tt : tt;                                                  \
                         tt = go ? tt : (T)0;                                                        \
                         any |= go;                                                                  \
+                        rot[l] |= go;                                                               \
                         T cc = (T)1 / SQRT((T)1 + tt * tt);                                         \
                         t[l] = tt;                                                                  \
                         c[l] = cc;                                                                  \
@@ -103,7 +107,7 @@
                         keep[l] = go ? (T)0 : x;                                                    \
                     }                                                                               \
                     if (!any) continue;                                                             \
-                    rotated = 1;                                                                    \
+                                                                                                    \
                     /* A <- J^T A J, J the rotation in the (p, q) plane; first the 2 x 2 block's    \
                        new diagonal from the values before the step (Rutishauser's formulas). */    \
                     for (int l = 0; l < LANES; l++) {                                               \
@@ -142,7 +146,9 @@
                         }                                                                           \
                 }                                                                                   \
             }                                                                                       \
-            if (!rotated) return sweep + 1;                                                     \
+            /* A lane whose pairs all passed the rotation test has converged too (its               \
+               off-diagonal norm is then at most sqrt(n) tol ||A||_F); lane by lane. */             \
+            for (int l = 0; l < LANES; l++) done[l] |= live[l] && !rot[l];                          \
         }                                                                                       \
         return -1;                                                                              \
     }                                                                                           \
@@ -168,11 +174,12 @@
             int exponent[LANES];                                                                    \
             T scale[LANES];                                                                         \
             for (int l = 0; l < LANES; l++) {                                                       \
-                T amax = 0;                                                                         \
-                for (int e = 0; l < used && e < n * n; e++) {                                       \
-                    T x = FABS(a[(b0 + l) * n * n + e]);                                            \
-                    amax = x > amax ? x : amax;                                                     \
-                }                                                                                   \
+                T amax = 0; /* over the lower triangle, the only one read */                        \
+                for (int i = 0; l < used && i < n; i++)                                             \
+                    for (int j = 0; j <= i; j++) {                                                  \
+                        T x = FABS(a[(b0 + l) * n * n + i * n + j]);                                \
+                        amax = x > amax ? x : amax;                                                 \
+                    }                                                                               \
                 exponent[l] = (amax > 0 && isfinite(amax)) ? ilogb(amax) : 0;                       \
                 scale[l] = (T)ldexp(1.0, -exponent[l]);                                             \
             }                                                                                       \

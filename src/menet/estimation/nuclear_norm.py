@@ -22,7 +22,7 @@ Two phases, each matrix on its own:
    tau / rho, well above FISTA's, so its iterates have low rank: its singular value
    thresholds use a tracked block of singular vectors (``subspace_svt``), a k x k eigh
    instead of an m x m one, on the CPU by a compiled batched Jacobi eigensolver
-   (``small_eigh``; 2.5-3.5x LAPACK there, 1.1-1.2x for the whole solve). It stops when its relative primal and dual residuals are below
+   (``small_eigh``; 2-3.5x LAPACK on these matrices, benchmarks/RESULTS.md). It stops when its relative primal and dual residuals are below
    SWITCH_FACTOR times the final threshold. Its steps may be inexact (a tracked block can miss a direction for a step):
    that costs iterations, never accuracy, because
 2. FISTA with function-value restart (step 1: the smooth part has a 1-Lipschitz gradient)

@@ -3,17 +3,21 @@
 torch's CPU ``linalg.eigh`` calls LAPACK once per matrix, which at the solver's sizes (8 to 32)
 runs at a few GFLOP/s. ``_jacobi.c`` is a compiled cyclic Jacobi that rotates 16 matrices at a
 time in SIMD lanes; from a start near diagonal form (the solver's tracked singular vectors) it
-needs 2 to 3 sweeps. Measured on one core, 512 float32 matrices (benchmarks/RESULTS.md): 2-3.5x
-LAPACK's speed near diagonal form up to n = 32, about LAPACK's speed from a cold start at n = 20
-to 28, and slower beyond; so ``eigh`` uses it near diagonal form up to n = ``WARM_MAX_N`` and
-from a cold start up to ``COLD_MAX_N``, and LAPACK otherwise, on a GPU, under autograd, or where
-the extension was not built (it is built by ``pip install``; a C compiler is needed).
+needs 2 to 3 sweeps. Measured on one core, 512 float32 matrices
+(``benchmarks/estimation.py --eigh-only``, benchmarks/RESULTS.md): near diagonal form 1.9-4.8x
+LAPACK's speed for n = 8 to 32; from a cold start 1.3-2.5x up to n = 20, about LAPACK's speed at
+24 and slower beyond. So ``eigh`` uses it near diagonal form up to n = ``WARM_MAX_N`` and from a
+cold start up to ``COLD_MAX_N``, and LAPACK otherwise, on a GPU, under autograd, or where the
+extension was not built (``pip install`` builds it; a C compiler is needed).
 
 Accuracy: a matrix stops when its off-diagonal norm is at most ``4 eps ||A||_F`` (each
-eigenvalue is then within that of the returned one), or when a sweep finds no pair above the
-relative rotation test, which bounds it by ``4 sqrt(n) eps ||A||_F`` (review: an example reaches
-20 eps ||A||_F at n = 32, LAPACK 4). Like LAPACK it reads the lower triangle only. A matrix that does not converge in ``MAX_SWEEPS`` sweeps, or holds a NaN or
-Inf, is recomputed by LAPACK. Each matrix's result does not depend on the batch it is in.
+eigenvalue is then within that of the returned one), or when a sweep finds all its pairs below
+the relative rotation test, which bounds the norm by ``4 sqrt(n) eps ||A||_F``; the rotations
+add rounding of order ``n eps ||A||_F`` (measured worst 6.5 eps ||A||_F in float64, n = 8 to
+32; the eigenvectors are orthonormal to about 1.5 n eps, twice LAPACK's). Like LAPACK it reads
+the lower triangle only. A matrix that does not converge in ``MAX_SWEEPS`` sweeps, or holds a
+NaN or Inf, is recomputed by LAPACK. Each matrix's result does not depend on the batch it is in
+(converged matrices are left unchanged while the others of their group go on).
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ iteration on the Gram matrix and a Rayleigh-Ritz projection, gives the step for 
 a k x k eigh instead of an m x m one (LAPACK's batched eigh loops one matrix at a time: 14 ms
 per 1024 matrices at k = 16 against 51 ms at 32 on one core). The block is orthonormalised
 largest Ritz value first, which keeps the projected k x k matrix near diagonal form, so the
-compiled Jacobi eigensolver of ``small_eigh`` finishes it in 2-3 sweeps (about 2x LAPACK).
+compiled Jacobi eigensolver of ``small_eigh`` finishes it in 2-3 sweeps (2-3.5x LAPACK on
+these matrices, benchmarks/RESULTS.md).
 
 The result is exact when the block spans the top-r subspace, and approximate otherwise (a
 direction missing from the block is pulled in over the next steps, as in subspace
