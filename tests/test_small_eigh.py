@@ -57,6 +57,9 @@ def _check_against_lapack(a: torch.Tensor) -> None:
 def test_compiled_kernel_is_built():
     # pip install (make test) compiles it; a silent build failure would leave the solver on LAPACK.
     assert small_eigh.compiled_available(), "menet.estimation._jacobi is missing: the C extension did not build"
+    # An edited _jacobi.c that fails to compile leaves the old module in place (the extension is
+    # optional): the hash it was built with then differs from the source's.
+    assert small_eigh.compiled_matches_source() is not False, "menet.estimation._jacobi is stale: rebuild (pip install -e .)"
 
 
 @needs_kernel

@@ -256,4 +256,15 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_jacobi", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__jacobi(void) { return PyModule_Create(&module); }
+#ifndef MENET_JACOBI_SOURCE_HASH
+#define MENET_JACOBI_SOURCE_HASH "unknown" /* built outside setup.py */
+#endif
+
+PyMODINIT_FUNC PyInit__jacobi(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m && PyModule_AddStringConstant(m, "source_hash", MENET_JACOBI_SOURCE_HASH) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -22,7 +22,9 @@ NaN or Inf, is recomputed by LAPACK. Each matrix's result does not depend on the
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -40,6 +42,16 @@ MAX_SWEEPS = 30  # cyclic Jacobi converges quadratically: 6-8 sweeps from a cold
 def compiled_available() -> bool:
     """True when the compiled Jacobi kernel was built and imports."""
     return _jacobi is not None
+
+
+def compiled_matches_source() -> bool | None:
+    """Whether the imported kernel was built from the ``_jacobi.c`` beside it (a hash that
+    setup.py compiles in); None where no kernel imports or the source is not at hand (a wheel
+    install ships the module only)."""
+    source = Path(__file__).with_name("_jacobi.c")
+    if _jacobi is None or not source.is_file():
+        return None
+    return getattr(_jacobi, "source_hash", None) == hashlib.sha256(source.read_bytes()).hexdigest()[:16]
 
 
 def jacobi_eigh(h: Tensor) -> tuple[Tensor, Tensor]:
