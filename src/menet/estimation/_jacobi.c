@@ -38,16 +38,18 @@
 
 /* One implementation per element type: T is float or double, SQRT and FABS its functions. */
 #define DEFINE_JACOBI(T, SUFFIX, SQRT, FABS)                                                    \
-    MULTIVERSION static int group_##SUFFIX(T *A, T *V, int n, int stride, int max_sweeps, T tol, \
-                                           T *floor_, int *nonfinite, int *unconverged) {                     \
+    MULTIVERSION static void group_##SUFFIX(T *A, T *V, int n, int stride, int max_sweeps, T tol,   \
+                                            int *nonfinite, int *unconverged) {                     \
         /* A, Vt: element (i, j) of lane l at [(i * stride + j) * LANES + l]; Vt = V^T. */                 \
         for (int i = 0; i < n; i++)                                                             \
             for (int j = 0; j < n; j++)                                                         \
                 for (int l = 0; l < LANES; l++) V[(i * stride + j) * LANES + l] = (T)(i == j);  \
-        T fro[LANES];                                                                               \
+        T fro[LANES], floor_[LANES];                                                                \
         int live[LANES], done[LANES], rot[LANES];                                                   \
-        for (int l = 0; l < LANES; l++) done[l] = 0;                                                \
-        for (int l = 0; l < LANES; l++) fro[l] = 0;                                             \
+        for (int l = 0; l < LANES; l++) {                                                           \
+            fro[l] = 0;                                                                             \
+            done[l] = 0;                                                                            \
+        }                                                                                           \
         for (int i = 0; i < n; i++)                                                             \
             for (int j = 0; j < n; j++) {                                                       \
                 const T *a = &A[(i * stride + j) * LANES];                                      \
@@ -77,7 +79,7 @@
                 live[l] = !done[l] && !(off[l] <= tol * tol * fro[l]) && !((*nonfinite >> l) & 1);  \
                 pending |= live[l];                                                                 \
             }                                                                                       \
-            if (!pending) return sweep;                                                             \
+            if (!pending) return;                                                                   \
             if (sweep == max_sweeps) { /* only the lanes still live are unconverged */              \
                 for (int l = 0; l < LANES; l++) *unconverged |= live[l] << l;                       \
                 break;                                                                              \
@@ -87,7 +89,7 @@
                 for (int q = p + 1; q < n; q++) {                                               \
                     T *app = &A[(p * stride + p) * LANES], *aqq = &A[(q * stride + q) * LANES];   \
                     T *apq = &A[(p * stride + q) * LANES], *aqp = &A[(q * stride + p) * LANES];   \
-                    T c[LANES], s[LANES], t[LANES], x0[LANES], keep[LANES];                         \
+                    T c[LANES], s[LANES], dp[LANES], dq[LANES], keep[LANES];                        \
                     int any = 0;                                                                    \
                     for (int l = 0; l < LANES; l++) {                                               \
                         T x = apq[l];                                                               \
@@ -100,21 +102,16 @@
                         any |= go;                                                                  \
                         rot[l] |= go;                                                               \
                         T cc = (T)1 / SQRT((T)1 + tt * tt);                                         \
-                        t[l] = tt;                                                                  \
                         c[l] = cc;                                                                  \
                         s[l] = tt * cc;                                                             \
-                        x0[l] = x;                                                                  \
+                        /* The 2 x 2 block's new diagonal, from the values before the step          \
+                           (Rutishauser's formulas); its off-diagonal entry becomes 0. */           \
+                        dp[l] = app[l] - tt * x;                                                    \
+                        dq[l] = aqq[l] + tt * x;                                                    \
                         keep[l] = go ? (T)0 : x;                                                    \
                     }                                                                               \
                     if (!any) continue;                                                             \
-                                                                                                    \
-                    /* A <- J^T A J, J the rotation in the (p, q) plane; first the 2 x 2 block's    \
-                       new diagonal from the values before the step (Rutishauser's formulas). */    \
-                    for (int l = 0; l < LANES; l++) {                                               \
-                        T dp = app[l] - t[l] * x0[l], dq = aqq[l] + t[l] * x0[l];                   \
-                        t[l] = dp;                                                                  \
-                        x0[l] = dq;                                                                 \
-                    }                                                                               \
+                    /* A <- J^T A J, J the rotation in the (p, q) plane. */                         \
                     /* Entries outside the block: rotate columns p and q, write the rows p and q    \
                        as their copies (one strided pass). The rotated columns of V are rows of     \
                        the stored transpose Vt (contiguous). */                                     \
@@ -132,8 +129,8 @@
                         }                                                                           \
                     }                                                                               \
                     for (int l = 0; l < LANES; l++) {                                               \
-                        app[l] = t[l];                                                              \
-                        aqq[l] = x0[l];                                                             \
+                        app[l] = dp[l];                                                             \
+                        aqq[l] = dq[l];                                                             \
                         apq[l] = keep[l];                                                           \
                         aqp[l] = keep[l];                                                           \
                     }                                                                               \
@@ -149,9 +146,8 @@
             /* A lane whose pairs all passed the rotation test has converged too (its               \
                off-diagonal norm is then at most sqrt(n) tol ||A||_F); lane by lane. */             \
             for (int l = 0; l < LANES; l++) done[l] |= live[l] && !rot[l];                          \
-        }                                                                                       \
-        return -1;                                                                              \
-    }                                                                                           \
+        }                                                                                           \
+    }                                                                                               \
                                                                                                 \
     static int64_t eigh_##SUFFIX(const T *a, T *w, T *v, uint8_t *ok, int64_t batch, int n,     \
                                  T tol, int max_sweeps) {                                       \
@@ -160,7 +156,6 @@
         T *V = malloc(sizeof(T) * (size_t)n * stride * LANES);                                  \
         int *idx = malloc(sizeof(int) * (size_t)n);                                             \
         T *d = malloc(sizeof(T) * (size_t)n);                                                   \
-        T floor_[LANES];                                                                        \
         int64_t flagged = 0;                                                                    \
         if (!A || !V || !idx || !d) {                                                           \
             free(A); free(V); free(idx); free(d);                                               \
@@ -190,7 +185,7 @@
                             l < used ? a[(b0 + l) * n * n + (i > j ? i * n + j : j * n + i)] * scale[l] : (T)(i == j); \
             int nonfinite;                                                                      \
             int unconverged;                                                                     \
-            group_##SUFFIX(A, V, n, stride, max_sweeps, tol, floor_, &nonfinite, &unconverged);\
+            group_##SUFFIX(A, V, n, stride, max_sweeps, tol, &nonfinite, &unconverged);             \
             for (int l = 0; l < used; l++) {                                                    \
                 int good = !((unconverged >> l) & 1) && !((nonfinite >> l) & 1);                              \
                 ok[b0 + l] = (uint8_t)good;                                                     \

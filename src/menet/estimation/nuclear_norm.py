@@ -22,9 +22,10 @@ Two phases, each matrix on its own:
    tau / rho, well above FISTA's, so its iterates have low rank: its singular value
    thresholds use a tracked block of singular vectors (``subspace_svt``), a k x k eigh
    instead of an m x m one, on the CPU by a compiled batched Jacobi eigensolver
-   (``small_eigh``; 2-3.5x LAPACK on these matrices, benchmarks/RESULTS.md). It stops when its relative primal and dual residuals are below
-   SWITCH_FACTOR times the final threshold. Its steps may be inexact (a tracked block can miss a direction for a step):
-   that costs iterations, never accuracy, because
+   (``small_eigh``; 2-3.5x LAPACK on these matrices, benchmarks/RESULTS.md). It stops when
+   its relative primal and dual residuals are below SWITCH_FACTOR times the final threshold.
+   Its steps may be inexact (a tracked block can miss a direction for a step): that costs
+   iterations, never accuracy, because
 2. FISTA with function-value restart (step 1: the smooth part has a 1-Lipschitz gradient)
    starts from ADMM's point, with exact thresholds (eigh of the full Gram matrix), and stops
    by the rule below; usually its first step already does.
