@@ -17,7 +17,8 @@ setup(
         Extension(
             "menet.estimation._jacobi",
             sources=[SOURCE],
-            extra_compile_args=["-O3", "-fno-wrapv"],  # Python's own -fwrapv halves the kernel's speed
+            # Python's own -fwrapv halves the kernel's speed; without errno, sqrt vectorises (1.3-2x).
+            extra_compile_args=["-O3", "-fno-wrapv", "-fno-math-errno"],
             define_macros=[("MENET_JACOBI_SOURCE_HASH", f'"{SOURCE_HASH}"')],
             optional=True,
         )

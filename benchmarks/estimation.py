@@ -154,7 +154,7 @@ def bench_small_eigh(repeats: int) -> None:
     torch.set_num_threads(1)
     try:
         g = torch.Generator().manual_seed(0)
-        for n in (8, 12, 16, 20, 24, 28, 32):
+        for n in (8, 12, 16, 20, 24, 28, 32, 40, 48, 64):
             x = torch.randn(512, n, 3 * n, generator=g)
             cold = x @ x.mT
             vectors = torch.linalg.eigh(cold.double())[1]

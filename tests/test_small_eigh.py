@@ -65,7 +65,7 @@ def test_compiled_kernel_is_built():
 @needs_kernel
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("kind", ["random", "gram", "near_diagonal"])
-@pytest.mark.parametrize("n", [1, 2, 3, 7, 16, 17, 28, 33])
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 16, 17, 28, 33, 40, 64])
 def test_matches_lapack(dtype, kind, n):
     # 37 matrices: two full groups of 16 lanes and a partial one.
     _check_against_lapack(_symmetric(37, n, seed=n, dtype=dtype, kind=kind))
@@ -199,7 +199,7 @@ def test_reads_the_lower_triangle_as_lapack_does(dtype, garbage):
 @needs_kernel
 def test_eigh_dispatch_matches_lapack_everywhere():
     # Jacobi below the size limits, LAPACK above them, under autograd and for empty matrices.
-    for n, near in ((8, False), (20, False), (28, False), (32, True), (40, True), (0, True)):
+    for n, near in ((8, False), (20, False), (40, False), (48, False), (64, True), (72, True), (0, True)):
         h = _symmetric(5, n, seed=11, dtype=torch.float32) if n else torch.zeros(5, 0, 0)
         values, vectors = small_eigh.eigh(h, near_diagonal=near)
         assert values.shape == (5, n) and vectors.shape == (5, n, n)

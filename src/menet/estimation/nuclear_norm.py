@@ -22,13 +22,14 @@ Two phases, each matrix on its own:
    tau / rho, well above FISTA's, so its iterates have low rank: its singular value
    thresholds use a tracked block of singular vectors (``subspace_svt``), a k x k eigh
    instead of an m x m one, on the CPU by a compiled batched Jacobi eigensolver
-   (``small_eigh``; 2-3.5x LAPACK on these matrices, benchmarks/RESULTS.md). It stops when
+   (``small_eigh``; 3.6-6.7x LAPACK on these matrices, benchmarks/RESULTS.md). It stops when
    its relative primal and dual residuals are below SWITCH_FACTOR times the final threshold.
    Its steps may be inexact (a tracked block can miss a direction for a step): that costs
    iterations, never accuracy, because
 2. FISTA with function-value restart (step 1: the smooth part has a 1-Lipschitz gradient)
-   starts from ADMM's point, with exact thresholds (eigh of the full Gram matrix), and stops
-   by the rule below; usually its first step already does.
+   starts from ADMM's point, with exact thresholds (eigh of the full Gram matrix, also by the
+   compiled Jacobi up to 40 x 40, ``subspace_svt.threshold_full``), and stops by the rule
+   below; usually its first step already does.
 A matrix whose ADMM reaches MAX_ADMM_ITERS unconverged (small p or small mu) gives FISTA the
 zero-filled data instead, the previous solver's start: an unconverged ADMM point can sit far
 from the optimum along directions the data term does not see (unobserved entries), and one
@@ -73,8 +74,7 @@ from menet.estimation._batching import (
     map_matrices,
     zero_fill,
 )
-from menet.estimation.spectral import soft_threshold_weights, spectral_filter
-from menet.estimation.subspace_svt import full_sizes, step_flops, threshold_tracked
+from menet.estimation.subspace_svt import full_sizes, step_flops, threshold_full, threshold_tracked
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +272,7 @@ def _fista(
     f_prev = torch.full((b.shape[0],), float("inf"), dtype=b.dtype, device=b.device)
     for it in range(1, max_iters + 1):
         # y - grad, with grad = mask * (y - a): a where observed, y elsewhere (b is a there).
-        x_new, s = spectral_filter(torch.where(observed, b, y), lambda s: soft_threshold_weights(s, tau))
+        x_new, s = threshold_full(torch.where(observed, b, y), tau)
         del y
         f = 0.5 * _sum_sq(torch.addcmul(b, obs, x_new, value=-1.0)) + tau * (s - tau).clamp_min(0).sum(-1)
         step = x_new - x

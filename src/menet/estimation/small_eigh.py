@@ -4,9 +4,9 @@ torch's CPU ``linalg.eigh`` calls LAPACK once per matrix, which at the solver's 
 runs at a few GFLOP/s. ``_jacobi.c`` is a compiled cyclic Jacobi that rotates 16 matrices at a
 time in SIMD lanes; from a start near diagonal form (the solver's tracked singular vectors) it
 needs 2 to 3 sweeps. Measured on one core, 512 float32 matrices
-(``benchmarks/estimation.py --eigh-only``, benchmarks/RESULTS.md): near diagonal form 1.9-4.8x
-LAPACK's speed for n = 8 to 32; from a cold start 1.3-2.5x up to n = 20, about LAPACK's speed at
-24 and slower beyond. So ``eigh`` uses it near diagonal form up to n = ``WARM_MAX_N`` and from a
+(``benchmarks/estimation.py --eigh-only``, benchmarks/RESULTS.md): near diagonal form 1.4-6.7x
+LAPACK's speed for n = 8 to 64; from a cold start 1.4-4.3x up to n = 40, about LAPACK's speed at
+48 and slower beyond. So ``eigh`` uses it near diagonal form up to n = ``WARM_MAX_N`` and from a
 cold start up to ``COLD_MAX_N``, and LAPACK otherwise, on a GPU, under autograd, or where the
 extension was not built (``pip install`` builds it; a C compiler is needed).
 
@@ -34,8 +34,8 @@ try:  # a compiled submodule (no source file for the layering test to follow)
 except ImportError:  # built without a C compiler: LAPACK everywhere
     _jacobi = None
 
-WARM_MAX_N = 32  # near diagonal form: Jacobi up to this size
-COLD_MAX_N = 20  # from a cold start
+WARM_MAX_N = 64  # near diagonal form: Jacobi up to this size
+COLD_MAX_N = 40  # from a cold start
 MAX_SWEEPS = 30  # cyclic Jacobi converges quadratically: 6-8 sweeps from a cold start
 
 

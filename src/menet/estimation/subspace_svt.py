@@ -57,6 +57,17 @@ def full_sizes(batch: int, m: int, device: torch.device) -> Tensor:
     return torch.full((batch,), m, dtype=torch.long, device=device)
 
 
+def threshold_full(v: Tensor, threshold: Tensor | float) -> tuple[Tensor, Tensor]:
+    """Soft-threshold the singular values of v (B, m, n), m <= n, at ``threshold`` ((B, 1) or a
+    number) exactly
+    (eigh of the full Gram matrix, by ``small_eigh``): (thresholded matrices (B, m, n), singular
+    values of v (B, m) ascending). No gradient (``spectral.spectral_filter`` has one)."""
+    values, vecs = small_eigh.eigh(v @ v.mT, near_diagonal=False)
+    s = values.clamp_min(0).sqrt()
+    w = soft_threshold_weights(s, threshold)
+    return ((vecs * w.unsqueeze(-2)) @ vecs.mT) @ v, s
+
+
 def threshold_tracked(v: Tensor, threshold: Tensor, basis: Tensor | None, size: Tensor) -> Thresholded:
     """Soft-threshold the singular values of v (B, m, n), m <= n, at ``threshold`` (B, 1).
 
