@@ -197,8 +197,29 @@ def test_reads_the_lower_triangle_as_lapack_does(dtype, garbage):
 
 
 @needs_kernel
+def test_off_diagonal_norm_stops_a_matrix_at_its_level():
+    # The stopping rule: ||off(A)||_F <= tol ||A||_F. One pair (0, 1) with a_01^2 = c tol^2 passes
+    # the rotation test (a_01^2 > tol^2 |a_00 a_11| = 0.5 tol^2), and ||off||^2 = 2 c tol^2 while
+    # ||A||_F^2 = 1.3125: at c = 0.6 the matrix has converged as it is (returned exactly), at
+    # c = 1.0 it has not and is rotated. (An off-norm counted once, or four times, fails one.)
+    tol = 4 * torch.finfo(torch.float64).eps
+    results = []
+    for c in (0.6, 1.0):
+        a = torch.diag(torch.tensor([1.0, 0.5, 0.25], dtype=torch.float64))
+        a[0, 1] = a[1, 0] = (c**0.5) * tol
+        results.append(small_eigh.jacobi_eigh(a.unsqueeze(0)))
+    (values, vectors), (_, rotated) = results
+    np.testing.assert_array_equal(values[0].numpy(), [0.25, 0.5, 1.0])
+    np.testing.assert_array_equal(vectors[0].abs().numpy(), np.eye(3)[:, ::-1])
+    assert (rotated[0].abs().numpy() != np.eye(3)[:, ::-1]).any()
+
+
+@needs_kernel
 def test_eigh_dispatch_matches_lapack_everywhere():
-    # Jacobi below the size limits, LAPACK above them, under autograd and for empty matrices.
+    # Jacobi up to the size limits (near diagonal 64, cold 40), LAPACK above them, under
+    # autograd and for empty matrices.
+    for n, near, jacobi in ((40, False, True), (41, False, False), (64, True, True), (65, True, False)):
+        assert small_eigh.jacobi_runs(torch.zeros(2, n, n), near_diagonal=near) is jacobi
     for n, near in ((8, False), (20, False), (40, False), (48, False), (64, True), (72, True), (0, True)):
         h = _symmetric(5, n, seed=11, dtype=torch.float32) if n else torch.zeros(5, 0, 0)
         values, vectors = small_eigh.eigh(h, near_diagonal=near)

@@ -6,7 +6,8 @@ import numpy as np
 import torch
 from conftest import low_rank_plus_noise
 
-from menet.estimation.subspace_svt import full_sizes, step_flops, threshold_tracked
+from menet.estimation.spectral import soft_threshold_weights, spectral_filter
+from menet.estimation.subspace_svt import full_sizes, step_flops, threshold_full, threshold_tracked
 
 
 def svt_numpy(v: np.ndarray, threshold: np.ndarray) -> np.ndarray:
@@ -88,3 +89,19 @@ def test_flop_count_by_hand():
     # block of 2 in 8 x 10: Gram 1280, power 256, QR 128, projection 256 + 64, Ritz 64,
     # eigh 72, filter 256, product 1280
     assert step_flops(8, 10, 2) == 1280 + 256 + 128 + 256 + 64 + 64 + 72 + 256 + 1280
+
+
+def test_threshold_full_equals_numpy_svt_and_the_spectral_filter():
+    # FISTA's exact threshold (the compiled Jacobi up to 40 x 40, LAPACK above): against numpy's
+    # SVD, and its singular values against torch's spectral_filter (LAPACK's eigh), in float32 too.
+    for m, n in ((12, 30), (40, 41), (44, 50)):
+        v = low_rank_plus_noise(6, m, n, rank=4, noise=0.1, seed=m)
+        x, s = threshold_full(torch.from_numpy(v), 0.7)
+        np.testing.assert_allclose(x.numpy(), svt_numpy(v, np.full(6, 0.7)), atol=1e-10)
+        v32 = torch.from_numpy(v).float()
+        x32, s32 = threshold_full(v32, 0.7)
+        ref_x, ref_s = spectral_filter(v32, lambda s: soft_threshold_weights(s, 0.7))
+        assert x32.dtype == torch.float32 and s32.shape == (6, m)
+        # Squared (the eigenvalues both compute; a square root amplifies rounding near zero).
+        np.testing.assert_allclose(s32.square().numpy(), ref_s.square().numpy(), rtol=0, atol=1e-5 * float(ref_s.max()) ** 2)
+        np.testing.assert_allclose(x32.numpy(), ref_x.numpy(), rtol=0, atol=1e-5 * float(ref_x.abs().max()))

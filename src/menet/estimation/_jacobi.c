@@ -1,7 +1,7 @@
 /* Batched eigendecomposition of small symmetric matrices by cyclic Jacobi (menet).
  *
  * LAPACK's eigh handles one small matrix per call (torch loops over the batch), so at the
- * sizes of the nuclear-norm solver (8 to 32) it runs at a few GFLOP/s. Here LANES matrices are
+ * sizes of the nuclear-norm solver (8 to 64) it runs at a few GFLOP/s. Here LANES matrices are
  * stored interleaved ([row][col][lane]) and rotated together, so every inner loop is a vector
  * loop over the lanes. Jacobi also profits from a start near diagonal form (a few sweeps
  * instead of about seven), which the solver's tracked singular vectors give.
@@ -16,6 +16,9 @@
  * matrix is scaled by a power of 2 first, so that no square under- or overflows. A matrix that
  * has not converged after max_sweeps, or that holds a NaN or Inf, is flagged, not returned as
  * if it had converged: the caller recomputes it.
+ *
+ * Needs GCC or Clang (vector extensions; the per-CPU clones are GCC's); elsewhere the build fails, and menet
+ * installs without it and uses LAPACK (tests/test_small_eigh.py then fails on purpose).
  *
  * Built with -fno-math-errno (setup.py): sqrt then needs no errno path, so the rotation
  * parameters of the LANES matrices are computed in vector instructions (1.3-2x the speed of

@@ -8,7 +8,7 @@ iteration on the Gram matrix and a Rayleigh-Ritz projection, gives the step for 
 a k x k eigh instead of an m x m one (LAPACK's batched eigh loops one matrix at a time: 14 ms
 per 1024 matrices at k = 16 against 51 ms at 32 on one core). The block is orthonormalised
 largest Ritz value first, which keeps the projected k x k matrix near diagonal form, so the
-compiled Jacobi eigensolver of ``small_eigh`` finishes it in 2-3 sweeps (2-3.5x LAPACK on
+compiled Jacobi eigensolver of ``small_eigh`` finishes it in 2-3 sweeps (3.6-6.7x LAPACK on
 these matrices, benchmarks/RESULTS.md).
 
 The result is exact when the block spans the top-r subspace, and approximate otherwise (a
@@ -61,7 +61,7 @@ def threshold_full(v: Tensor, threshold: Tensor | float) -> tuple[Tensor, Tensor
     """Soft-threshold the singular values of v (B, m, n), m <= n, at ``threshold`` ((B, 1) or a
     number) exactly
     (eigh of the full Gram matrix, by ``small_eigh``): (thresholded matrices (B, m, n), singular
-    values of v (B, m) ascending). No gradient (``spectral.spectral_filter`` has one)."""
+    values of v (B, m) ascending). Not for autograd (``spectral.spectral_filter`` is)."""
     values, vecs = small_eigh.eigh(v @ v.mT, near_diagonal=False)
     s = values.clamp_min(0).sqrt()
     w = soft_threshold_weights(s, threshold)
