@@ -242,3 +242,94 @@ def test_outputs_stay_on_the_input_device_whatever_the_default():
         torch.set_default_device("cpu")
     assert values.device.type == "cpu"
     np.testing.assert_allclose(values.numpy(), torch.linalg.eigh(h)[0].numpy(), rtol=0, atol=1e-12)
+
+
+def _rayleigh_ritz_reference(gram: torch.Tensor, block: torch.Tensor):
+    """The textbook Rayleigh-Ritz in float64 by LAPACK: Q = qr(G B), eigh(Q^T G Q)."""
+    g = gram.double()
+    q = torch.linalg.qr(g @ block.double()).Q
+    values, small = torch.linalg.eigh(q.mT @ g @ q)
+    return values, q @ small
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("m, k", [(1, 1), (5, 5), (8, 3), (17, 16), (28, 12), (32, 24), (40, 33), (64, 20)])
+def test_rayleigh_ritz_matches_lapack(dtype, m, k):
+    # The compiled Rayleigh-Ritz (power step, Householder QR, projection, Jacobi) against the
+    # same steps by LAPACK in float64: Ritz values, and the Ritz vectors up to sign (through
+    # each vector's projector, as vectors of close Ritz values may mix), orthonormality.
+    g = torch.Generator().manual_seed(m * 100 + k)
+    x = torch.randn(37, m, 3 * m, generator=g, dtype=torch.float64)
+    gram = (x @ x.mT).to(dtype)
+    block = torch.linalg.qr(torch.randn(37, m, k, generator=g, dtype=torch.float64)).Q.to(dtype)
+    assert small_eigh.rayleigh_ritz_runs(gram, block)
+    values, vectors, failed = small_eigh.rayleigh_ritz(gram, block)
+    ref_values, ref_vectors = _rayleigh_ritz_reference(gram, block)
+    eps = torch.finfo(dtype).eps
+    norm = torch.linalg.matrix_norm(gram.double()).view(-1, 1)
+    assert not failed.any()
+    assert ((values.double() - ref_values).abs() <= 50 * m * eps * norm).all()
+    assert (values[:, 1:] >= values[:, :-1]).all()
+    v = vectors.double()
+    assert (v.mT @ v - torch.eye(k, dtype=torch.float64)).abs().max() <= 8 * m * eps
+    # The Ritz pairs' residuals within the subspace: Q^T (G v - theta v) = 0.
+    q = torch.linalg.qr(gram.double() @ block.double()).Q
+    inner = q.mT @ (gram.double() @ v - v * values.double().unsqueeze(-2))
+    assert (inner.abs().amax((-2, -1)) <= 50 * m * eps * norm.view(-1)).all()
+    # Well separated Ritz values: each vector agrees with LAPACK's up to sign.
+    gap = torch.full_like(ref_values, float("inf"))  # distance to the nearest other Ritz value
+    step = ref_values[:, 1:] - ref_values[:, :-1]
+    gap[:, 1:] = torch.minimum(gap[:, 1:], step)
+    gap[:, :-1] = torch.minimum(gap[:, :-1], step)
+    separated = gap > 1e-2 * ref_values.abs().amax(-1, keepdim=True)
+    aligned = (v * ref_vectors).sum(-2).abs()  # |cos| per Ritz vector
+    assert separated.float().mean() > 0.5
+    assert (aligned[separated] > 1 - 1e3 * m * eps).all()
+
+
+@needs_kernel
+def test_rayleigh_ritz_rank_deficient_blocks_and_bad_input():
+    # A block with zero and repeated columns (Householder still gives an orthonormal basis),
+    # an all-zero Gram matrix, and a NaN (flagged, not returned as a result).
+    g = torch.Generator().manual_seed(21)
+    x = torch.randn(3, 10, 30, generator=g, dtype=torch.float64)
+    gram = x @ x.mT
+    block = torch.linalg.qr(torch.randn(3, 10, 4, generator=g, dtype=torch.float64)).Q
+    block[0, :, 1] = 0
+    block[1, :, 2] = block[1, :, 3]
+    gram[2] = 0
+    values, vectors, failed = small_eigh.rayleigh_ritz(gram, block)
+    assert not failed.any() and torch.isfinite(values).all() and torch.isfinite(vectors).all()
+    v = vectors
+    assert (v.mT @ v - torch.eye(4, dtype=torch.float64)).abs().max() < 1e-12
+    np.testing.assert_array_equal(values[2].numpy(), np.zeros(4))
+    # Each returned pair satisfies G v = theta v within the subspace it spans.
+    for i in range(2):
+        h = v[i].mT @ gram[i] @ v[i]
+        np.testing.assert_allclose(h.numpy(), torch.diag(values[i]).numpy(), atol=1e-9 * float(gram[i].abs().max()))
+    gram[1, 3, 4] = float("nan")
+    assert small_eigh.rayleigh_ritz(gram, block)[2].tolist() == [False, True, False]
+
+
+@needs_kernel
+def test_rayleigh_ritz_result_does_not_depend_on_the_batch():
+    g = torch.Generator().manual_seed(22)
+    x = torch.randn(40, 12, 36, generator=g)
+    gram = x @ x.mT
+    block = torch.linalg.qr(torch.randn(40, 12, 6, generator=g)).Q
+    alone = small_eigh.rayleigh_ritz(gram[5:6], block[5:6])
+    for lo in (0, 3, 5):
+        together = small_eigh.rayleigh_ritz(gram[lo:], block[lo:])
+        assert torch.equal(together[0][5 - lo], alone[0][0]) and torch.equal(together[1][5 - lo], alone[1][0])
+
+
+@needs_kernel
+def test_rayleigh_ritz_dispatch():
+    gram, block = torch.zeros(2, 8, 8), torch.zeros(2, 8, 3)
+    assert small_eigh.rayleigh_ritz_runs(gram, block)
+    assert not small_eigh.rayleigh_ritz_runs(gram.double(), block)  # mixed dtypes
+    assert not small_eigh.rayleigh_ritz_runs(gram, torch.zeros(2, 8, 9))  # k > m
+    assert not small_eigh.rayleigh_ritz_runs(torch.zeros(2, 80, 80), torch.zeros(2, 80, 65))  # k > WARM_MAX_N
+    leaf = gram.clone().requires_grad_(True)
+    assert not small_eigh.rayleigh_ritz_runs(leaf, block)

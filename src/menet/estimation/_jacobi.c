@@ -27,7 +27,12 @@
  * Python interface (pointers as integers, memory owned by the caller, C-contiguous):
  *   eigh(a, w, v, ok, batch, n, is_double, tol, max_sweeps) -> number of flagged matrices
  *   a: (batch, n, n) read only; w: (batch, n) eigenvalues ascending; v: (batch, n, n) whose
- *   columns are the eigenvectors; ok: (batch,) uint8, 1 where converged. The GIL is released.
+ *   columns are the eigenvectors; ok: (batch,) uint8, 1 where converged.
+ *   rayleigh_ritz(g, b, w, v, ok, batch, m, k, is_double, tol, max_sweeps) -> number flagged
+ *   g: (batch, m, m) symmetric (both triangles read), b: (batch, m, k) read only; w: (batch, k)
+ *   Ritz values ascending and v: (batch, m, k) Ritz vectors of g on span(g b) (the power step,
+ *   Householder QR, the k x k projection and the Jacobi above, in one pass); ok as for eigh.
+ * The GIL is released.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -229,6 +234,191 @@
 DEFINE_JACOBI(float, f32, sqrtf, fabsf, vec_f32)
 DEFINE_JACOBI(double, f64, sqrt, fabs, vec_f64)
 
+#define DEFINE_RAYLEIGH_RITZ(T, SUFFIX, SQRT, FABS, VEC)                                            \
+    /* Rayleigh-Ritz of each symmetric G (m x m) on span(G B), B (m x k): Y = G B with its          \
+       columns reversed (largest Ritz value first, see subspace_svt), Householder QR Y = Q R,       \
+       H = Q^T G Q, H = W diag(theta) W^T by the Jacobi group routine; returns theta ascending      \
+       and the Ritz vectors Q W. Each lane's G is scaled by a power of 2 first (its theta scaled    \
+       back). ok = 0 where Jacobi did not converge or anything is not finite. */                    \
+    MULTIVERSION static void rr_group_##SUFFIX(T *G, T *Y, T *H, T *W, T *tau, int m, int k,        \
+                                              int max_sweeps, T tol, int *flags) {                  \
+        /* G: [(i * m + j) * LANES + l]; Y, then Q, by columns: [(j * m + i) * LANES + l]; H, W: Jacobi's \
+           layout with stride k + 1. Y = G B is filled by the caller. */                            \
+        for (int j = 0; j < k; j++) { /* Householder QR of Y, reflectors below the diagonal */      \
+            T alpha[LANES], norm[LANES];                                                            \
+            for (int l = 0; l < LANES; l++) {                                                       \
+                alpha[l] = Y[(j * m + j) * LANES + l];                                              \
+                norm[l] = alpha[l] * alpha[l];                                                      \
+            }                                                                                       \
+            for (int i = j + 1; i < m; i++)                                                         \
+                for (int l = 0; l < LANES; l++) norm[l] += Y[(j * m + i) * LANES + l] * Y[(j * m + i) * LANES + l]; \
+            T scale[LANES];                                                                         \
+            for (int l = 0; l < LANES; l++) {                                                       \
+                T nrm = SQRT(norm[l]);                                                              \
+                T beta = alpha[l] >= 0 ? -nrm : nrm;                                                \
+                int zero = !(nrm > 0);                                                              \
+                tau[j * LANES + l] = zero ? (T)0 : (beta - alpha[l]) / beta;                        \
+                scale[l] = zero ? (T)0 : (T)1 / (alpha[l] - beta);                                  \
+                Y[(j * m + j) * LANES + l] = zero ? alpha[l] : beta;                                \
+            }                                                                                       \
+            for (int i = j + 1; i < m; i++)                                                         \
+                for (int l = 0; l < LANES; l++) Y[(j * m + i) * LANES + l] *= scale[l];             \
+            for (int c = j + 1; c < k; c++) { /* apply I - tau v v^T (v_j = 1) to column c */       \
+                T dot[LANES];                                                                       \
+                for (int l = 0; l < LANES; l++) dot[l] = Y[(c * m + j) * LANES + l];                \
+                for (int i = j + 1; i < m; i++)                                                     \
+                    for (int l = 0; l < LANES; l++) dot[l] += Y[(j * m + i) * LANES + l] * Y[(c * m + i) * LANES + l]; \
+                for (int l = 0; l < LANES; l++) {                                                   \
+                    dot[l] *= tau[j * LANES + l];                                                   \
+                    Y[(c * m + j) * LANES + l] -= dot[l];                                           \
+                }                                                                                   \
+                for (int i = j + 1; i < m; i++)                                                     \
+                    for (int l = 0; l < LANES; l++) Y[(c * m + i) * LANES + l] -= dot[l] * Y[(j * m + i) * LANES + l]; \
+            }                                                                                       \
+        }                                                                                           \
+        /* Q = H_0 ... H_(k-1) [I; 0], built in place of Y from the last reflector back. */         \
+        for (int j = k - 1; j >= 0; j--) {                                                          \
+            for (int c = j + 1; c < k; c++) { /* row j still holds R's entry: overwritten below */  \
+                T dot[LANES];                                                                       \
+                for (int l = 0; l < LANES; l++) dot[l] = 0;                                         \
+                for (int i = j + 1; i < m; i++)                                                     \
+                    for (int l = 0; l < LANES; l++) dot[l] += Y[(j * m + i) * LANES + l] * Y[(c * m + i) * LANES + l]; \
+                for (int l = 0; l < LANES; l++) {                                                   \
+                    dot[l] *= tau[j * LANES + l];                                                   \
+                    Y[(c * m + j) * LANES + l] = -dot[l];                                           \
+                }                                                                                   \
+                for (int i = j + 1; i < m; i++)                                                     \
+                    for (int l = 0; l < LANES; l++) Y[(c * m + i) * LANES + l] -= dot[l] * Y[(j * m + i) * LANES + l]; \
+            }                                                                                       \
+            for (int l = 0; l < LANES; l++) { /* column j: (I - tau v v^T) e_j */                   \
+                T t = tau[j * LANES + l];                                                           \
+                Y[(j * m + j) * LANES + l] = (T)1 - t;                                              \
+            }                                                                                       \
+            for (int i = j + 1; i < m; i++)                                                         \
+                for (int l = 0; l < LANES; l++) Y[(j * m + i) * LANES + l] *= -tau[j * LANES + l];  \
+        }                                                                                           \
+        /* H = Q^T (G Q), lower triangle; W's first use is as the m x k product G Q. */             \
+        T *GQ = W;                                                                                  \
+        for (int i = 0; i < m; i++)                                                                 \
+            for (int c = 0; c < k; c++) {                                                           \
+                VEC acc = {0}, g, y;                                                                \
+                for (int r = 0; r < m; r++) {                                                       \
+                    __builtin_memcpy(&g, &G[(i * m + r) * LANES], sizeof g);                        \
+                    __builtin_memcpy(&y, &Y[(c * m + r) * LANES], sizeof y);                        \
+                    acc += g * y;                                                                   \
+                }                                                                                   \
+                __builtin_memcpy(&GQ[(c * m + i) * LANES], &acc, sizeof acc);                       \
+            }                                                                                       \
+        for (int a = 0; a < k; a++)                                                                 \
+            for (int c = 0; c <= a; c++) {                                                          \
+                VEC acc = {0}, y, q;                                                                \
+                for (int r = 0; r < m; r++) {                                                       \
+                    __builtin_memcpy(&y, &Y[(a * m + r) * LANES], sizeof y);                        \
+                    __builtin_memcpy(&q, &GQ[(c * m + r) * LANES], sizeof q);                       \
+                    acc += y * q;                                                                   \
+                }                                                                                   \
+                __builtin_memcpy(&H[(a * (k + 1) + c) * LANES], &acc, sizeof acc);                  \
+                __builtin_memcpy(&H[(c * (k + 1) + a) * LANES], &acc, sizeof acc);                  \
+            }                                                                                       \
+        int nonfinite, unconverged;                                                                 \
+        group_##SUFFIX(H, W, k, k + 1, max_sweeps, tol, &nonfinite, &unconverged);                  \
+        *flags = nonfinite | unconverged;                                                           \
+    }                                                                                               \
+                                                                                                    \
+    static int64_t rr_##SUFFIX(const T *gram, const T *block, T *values, T *vectors, uint8_t *ok, int64_t batch, \
+                               int m, int k, T tol, int max_sweeps) {                               \
+        T *G = malloc(sizeof(T) * (size_t)m * m * LANES), *Y = malloc(sizeof(T) * (size_t)m * k * LANES); \
+        T *Bt = malloc(sizeof(T) * (size_t)m * k * LANES); /* B interleaved, then the Ritz vectors */ \
+        size_t wsize = (size_t)(m * k > k * (k + 1) ? m * k : k * (k + 1)) * LANES;                 \
+        T *H = malloc(sizeof(T) * (size_t)k * (k + 1) * LANES), *W = malloc(sizeof(T) * wsize);     \
+        T *tau = malloc(sizeof(T) * (size_t)k * LANES), *d = malloc(sizeof(T) * (size_t)k);         \
+        int *idx = malloc(sizeof(int) * (size_t)k);                                                 \
+        int64_t flagged = 0;                                                                        \
+        if (!G || !Y || !Bt || !H || !W || !tau || !d || !idx) {                                    \
+            free(G); free(Y); free(Bt); free(H); free(W); free(tau); free(d); free(idx);            \
+            return -1;                                                                              \
+        }                                                                                           \
+        for (int64_t b0 = 0; b0 < batch; b0 += LANES) {                                             \
+            int used = (batch - b0) < LANES ? (int)(batch - b0) : LANES;                            \
+            int exponent[LANES];                                                                    \
+            T scale[LANES];                                                                         \
+            for (int l = 0; l < LANES; l++) { /* a power of 2 (exact): largest entry in [1, 2) */   \
+                T amax = 0;                                                                         \
+                for (int i = 0; l < used && i < m * m; i++) {                                       \
+                    T x = FABS(gram[(b0 + l) * m * m + i]);                                         \
+                    amax = x > amax ? x : amax;                                                     \
+                }                                                                                   \
+                exponent[l] = (amax > 0 && isfinite(amax)) ? ilogb(amax) : 0;                       \
+                scale[l] = (T)ldexp(1.0, -exponent[l]);                                             \
+            }                                                                                       \
+            for (int i = 0; i < m * m; i++)                                                         \
+                for (int l = 0; l < LANES; l++)                                                     \
+                    G[i * LANES + l] = l < used ? gram[(b0 + l) * m * m + i] * scale[l] : (T)(i / m == i % m); \
+            /* Y = G B with B's columns reversed; unused lanes: G = I and B = [I; 0]. */            \
+            for (int r = 0; r < m; r++)                                                             \
+                for (int c = 0; c < k; c++)                                                         \
+                    for (int l = 0; l < LANES; l++)                                                 \
+                        Bt[(c * m + r) * LANES + l] = l < used ? block[(b0 + l) * m * k + r * k + (k - 1 - c)] : (T)(r == c); \
+            for (int i = 0; i < m; i++)                                                             \
+                for (int c = 0; c < k; c++) {                                                       \
+                    VEC acc = {0}, g, bv;                                                           \
+                    for (int r = 0; r < m; r++) {                                                   \
+                        __builtin_memcpy(&g, &G[(i * m + r) * LANES], sizeof g);                    \
+                        __builtin_memcpy(&bv, &Bt[(c * m + r) * LANES], sizeof bv);                 \
+                        acc += g * bv;                                                              \
+                    }                                                                               \
+                    __builtin_memcpy(&Y[(c * m + i) * LANES], &acc, sizeof acc);                    \
+                }                                                                                   \
+            int flags;                                                                              \
+            rr_group_##SUFFIX(G, Y, H, W, tau, m, k, max_sweeps, tol, &flags);                      \
+            /* Ritz vectors Q W in Jacobi's order, all lanes at once (into Bt), sorted below. */    \
+            for (int e = 0; e < k; e++) {                                                           \
+                T *out = &Bt[e * m * LANES];                                                        \
+                for (int r = 0; r < m * LANES; r++) out[r] = 0;                                     \
+                for (int c = 0; c < k; c++) {                                                       \
+                    VEC wv, q, o;                                                                   \
+                    __builtin_memcpy(&wv, &W[(e * (k + 1) + c) * LANES], sizeof wv);                \
+                    for (int r = 0; r < m; r++) {                                                   \
+                        __builtin_memcpy(&q, &Y[(c * m + r) * LANES], sizeof q);                    \
+                        __builtin_memcpy(&o, &out[r * LANES], sizeof o);                            \
+                        o += wv * q;                                                                \
+                        __builtin_memcpy(&out[r * LANES], &o, sizeof o);                            \
+                    }                                                                               \
+                }                                                                                   \
+            }                                                                                       \
+            for (int l = 0; l < used; l++) {                                                        \
+                int good = !((flags >> l) & 1);                                                     \
+                ok[b0 + l] = (uint8_t)good;                                                         \
+                flagged += !good;                                                                   \
+                for (int i = 0; i < k; i++) {                                                       \
+                    idx[i] = i;                                                                     \
+                    d[i] = H[(i * (k + 1) + i) * LANES + l];                                        \
+                }                                                                                   \
+                for (int i = 1; i < k; i++) { /* insertion sort, ascending */                       \
+                    int e = idx[i];                                                                 \
+                    T x = d[i];                                                                     \
+                    int j = i - 1;                                                                  \
+                    while (j >= 0 && d[j] > x) {                                                    \
+                        d[j + 1] = d[j];                                                            \
+                        idx[j + 1] = idx[j];                                                        \
+                        j--;                                                                        \
+                    }                                                                               \
+                    d[j + 1] = x;                                                                   \
+                    idx[j + 1] = e;                                                                 \
+                }                                                                                   \
+                T *wo = values + (b0 + l) * k, *vo = vectors + (b0 + l) * m * k;                    \
+                for (int i = 0; i < k; i++) wo[i] = (T)ldexp(d[i], exponent[l]);                    \
+                for (int r = 0; r < m; r++) /* ascending */                                         \
+                    for (int i = 0; i < k; i++) vo[r * k + i] = Bt[(idx[i] * m + r) * LANES + l];   \
+            }                                                                                       \
+        }                                                                                           \
+        free(G); free(Y); free(Bt); free(H); free(W); free(tau); free(d); free(idx);                \
+        return flagged;                                                                             \
+    }
+
+DEFINE_RAYLEIGH_RITZ(float, f32, sqrtf, fabsf, vec_f32)
+DEFINE_RAYLEIGH_RITZ(double, f64, sqrt, fabs, vec_f64)
+
 static PyObject *py_eigh(PyObject *self, PyObject *args) {
     unsigned long long pa, pw, pv, pok;
     long long batch;
@@ -254,8 +444,34 @@ static PyObject *py_eigh(PyObject *self, PyObject *args) {
     return PyLong_FromLongLong(flagged);
 }
 
+static PyObject *py_rayleigh_ritz(PyObject *self, PyObject *args) {
+    unsigned long long pg, pb, pw, pv, pok;
+    long long batch;
+    int m, k, is_double, max_sweeps;
+    double tol;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "KKKKKLiiidi", &pg, &pb, &pw, &pv, &pok, &batch, &m, &k, &is_double, &tol, &max_sweeps))
+        return NULL;
+    if (batch < 0 || k < 1 || k > m || m > 1024 || max_sweeps < 1 || !(tol > 0)) {
+        PyErr_SetString(PyExc_ValueError, "rayleigh_ritz: need batch >= 0, 1 <= k <= m <= 1024, max_sweeps >= 1, tol > 0");
+        return NULL;
+    }
+    int64_t flagged;
+    Py_BEGIN_ALLOW_THREADS
+    if (is_double)
+        flagged = rr_f64((const double *)(uintptr_t)pg, (const double *)(uintptr_t)pb, (double *)(uintptr_t)pw,
+                         (double *)(uintptr_t)pv, (uint8_t *)(uintptr_t)pok, batch, m, k, tol, max_sweeps);
+    else
+        flagged = rr_f32((const float *)(uintptr_t)pg, (const float *)(uintptr_t)pb, (float *)(uintptr_t)pw,
+                         (float *)(uintptr_t)pv, (uint8_t *)(uintptr_t)pok, batch, m, k, (float)tol, max_sweeps);
+    Py_END_ALLOW_THREADS
+    if (flagged < 0) return PyErr_NoMemory();
+    return PyLong_FromLongLong(flagged);
+}
+
 static PyMethodDef methods[] = {
     {"eigh", py_eigh, METH_VARARGS, "Batched cyclic Jacobi eigh (see the module source)."},
+    {"rayleigh_ritz", py_rayleigh_ritz, METH_VARARGS, "Batched Rayleigh-Ritz on span(G B) (see the module source)."},
     {NULL, NULL, 0, NULL},
 };
 

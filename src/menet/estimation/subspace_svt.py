@@ -9,7 +9,8 @@ a k x k eigh instead of an m x m one (LAPACK's batched eigh loops one matrix at 
 per 1024 matrices at k = 16 against 51 ms at 32 on one core). The block is orthonormalised
 largest Ritz value first, which keeps the projected k x k matrix near diagonal form, so the
 compiled Jacobi eigensolver of ``small_eigh`` finishes it in 2-3 sweeps (3.6-6.7x LAPACK on
-these matrices, benchmarks/RESULTS.md).
+these matrices, benchmarks/RESULTS.md); on the CPU the whole step (power step, QR, projection,
+eigh) is one compiled call, ``small_eigh.rayleigh_ritz``.
 
 The result is exact when the block spans the top-r subspace, and approximate otherwise (a
 direction missing from the block is pulled in over the next steps, as in subspace
@@ -121,6 +122,8 @@ def threshold_tracked(v: Tensor, threshold: Tensor, basis: Tensor | None, size: 
 def _rayleigh_ritz(gram: Tensor, block: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(Ritz values (B, k) ascending, Ritz vectors (B, m, k), failed (B,) bool) of ``gram``
     (B, m, m) on span(gram @ block), block (B, m, k)."""
+    if small_eigh.rayleigh_ritz_runs(gram, block):  # all of it in one compiled pass
+        return small_eigh.rayleigh_ritz(gram, block)
     # Largest Ritz value first: QR then keeps each column near its vector of the previous step
     # (as in the QR algorithm), so the projected matrix is near diagonal form and the Jacobi
     # eigensolver needs 2-3 sweeps on it (5-6 in the ascending order).
