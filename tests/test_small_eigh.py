@@ -254,11 +254,12 @@ def _rayleigh_ritz_reference(gram: torch.Tensor, block: torch.Tensor):
 
 @needs_kernel
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("m, k", [(1, 1), (5, 5), (8, 3), (17, 16), (28, 12), (32, 24), (40, 33), (64, 20)])
+@pytest.mark.parametrize("m, k", [(1, 1), (5, 5), (8, 3), (17, 16), (28, 12), (32, 24), (40, 33), (48, 20)])
 def test_rayleigh_ritz_matches_lapack(dtype, m, k):
     # The compiled Rayleigh-Ritz (power step, Householder QR, projection, Jacobi) against the
-    # same steps by LAPACK in float64: Ritz values, and the Ritz vectors up to sign (through
-    # each vector's projector, as vectors of close Ritz values may mix), orthonormality.
+    # same steps by LAPACK in float64: Ritz values, the Ritz vectors up to sign where their
+    # values are well separated, orthonormality, in-subspace residuals. (The power step's
+    # columns are reversed for Jacobi's speed only: the same subspace, so no test can see it.)
     g = torch.Generator().manual_seed(m * 100 + k)
     x = torch.randn(37, m, 3 * m, generator=g, dtype=torch.float64)
     gram = (x @ x.mT).to(dtype)
@@ -330,6 +331,7 @@ def test_rayleigh_ritz_dispatch():
     assert small_eigh.rayleigh_ritz_runs(gram, block)
     assert not small_eigh.rayleigh_ritz_runs(gram.double(), block)  # mixed dtypes
     assert not small_eigh.rayleigh_ritz_runs(gram, torch.zeros(2, 8, 9))  # k > m
-    assert not small_eigh.rayleigh_ritz_runs(torch.zeros(2, 80, 80), torch.zeros(2, 80, 65))  # k > WARM_MAX_N
+    assert small_eigh.rayleigh_ritz_runs(torch.zeros(2, 48, 48), torch.zeros(2, 48, 40))
+    assert not small_eigh.rayleigh_ritz_runs(torch.zeros(2, 64, 64), torch.zeros(2, 64, 16))  # m > 48: torch's
     leaf = gram.clone().requires_grad_(True)
     assert not small_eigh.rayleigh_ritz_runs(leaf, block)

@@ -239,7 +239,9 @@ DEFINE_JACOBI(double, f64, sqrt, fabs, vec_f64)
        columns reversed (largest Ritz value first, see subspace_svt), Householder QR Y = Q R,       \
        H = Q^T G Q, H = W diag(theta) W^T by the Jacobi group routine; returns theta ascending      \
        and the Ritz vectors Q W. Each lane's G is scaled by a power of 2 first (its theta scaled    \
-       back). ok = 0 where Jacobi did not converge or anything is not finite. */                    \
+       back); H inherits G's scale (not rescaled: a block of Ritz values far below ||G|| gets       \
+       absolute errors of order eps ||G||, as from LAPACK). ok = 0 where Jacobi did not             \
+       converge or anything is not finite. */                                                       \
     MULTIVERSION static void rr_group_##SUFFIX(T *G, T *Y, T *H, T *W, T *tau, int m, int k,        \
                                               int max_sweeps, T tol, int *flags) {                  \
         /* G: [(i * m + j) * LANES + l]; Y, then Q, by columns: [(j * m + i) * LANES + l]; H, W: Jacobi's \

@@ -11,7 +11,8 @@ cold start up to ``COLD_MAX_N``, and LAPACK otherwise, on a GPU, under autograd,
 extension was not built (``pip install`` builds it; a C compiler is needed). ``rayleigh_ritz``
 runs a whole Rayleigh-Ritz step of the solver's tracked block in the same kernel (power step,
 Householder QR, projection, Jacobi): on 170 Gram matrices, 1.1-1.5x the torch path with the
-Jacobi eigh (m = 28 and 32, k = 8 to 24), by saving LAPACK's per-matrix QR and a dozen calls.
+Jacobi eigh (m = 28 and 32, k = 8 to 24; 1.0-1.3x at m = 40 and 48, so up to
+``RAYLEIGH_RITZ_MAX_M``), by saving LAPACK's per-matrix QR and a dozen calls.
 
 Accuracy: a matrix stops when its off-diagonal norm is at most ``4 eps ||A||_F`` (each
 eigenvalue is then within that of the returned one), or when a sweep finds all its pairs below
@@ -41,6 +42,7 @@ except ImportError:  # built without a C compiler: LAPACK everywhere
 
 WARM_MAX_N = 64  # near diagonal form: Jacobi up to this size
 COLD_MAX_N = 40  # from a cold start
+RAYLEIGH_RITZ_MAX_M = 48  # beyond, LAPACK's QR and MKL's products win (m = 64: 0.75-1.03x)
 MAX_SWEEPS = 30  # cyclic Jacobi converges quadratically: 7-10 sweeps from a cold start (n = 8 to 64)
 
 
@@ -98,12 +100,12 @@ def jacobi_runs(h: Tensor, *, near_diagonal: bool) -> bool:
 
 def rayleigh_ritz_runs(gram: Tensor, block: Tensor) -> bool:
     """Whether ``rayleigh_ritz`` takes gram (B, m, m) and block (B, m, k): the compiled kernel
-    built, both CPU float32/float64 of one dtype, 1 <= k <= min(m, WARM_MAX_N), no autograd."""
+    built, both CPU float32/float64 of one dtype, 1 <= k <= m <= RAYLEIGH_RITZ_MAX_M, no autograd."""
     return (
         _jacobi is not None and gram.device.type == "cpu" and gram.dtype in (torch.float32, torch.float64)
         and block.device == gram.device and block.dtype == gram.dtype and gram.dim() == 3 and block.dim() == 3
         and gram.shape[-1] == gram.shape[-2] == block.shape[-2] and block.shape[0] == gram.shape[0]
-        and 1 <= block.shape[-1] <= min(gram.shape[-1], WARM_MAX_N)
+        and 1 <= block.shape[-1] <= gram.shape[-1] <= RAYLEIGH_RITZ_MAX_M
         and not (torch.is_grad_enabled() and (gram.requires_grad or block.requires_grad))
     )
 

@@ -121,7 +121,8 @@ def threshold_tracked(v: Tensor, threshold: Tensor, basis: Tensor | None, size: 
 
 def _rayleigh_ritz(gram: Tensor, block: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(Ritz values (B, k) ascending, Ritz vectors (B, m, k), failed (B,) bool) of ``gram``
-    (B, m, m) on span(gram @ block), block (B, m, k)."""
+    (B, m, m) on span(gram @ block), block (B, m, k). failed: not finite, or (compiled path) the
+    k x k eigh did not converge; the caller then uses the full decomposition."""
     if small_eigh.rayleigh_ritz_runs(gram, block):  # all of it in one compiled pass
         return small_eigh.rayleigh_ritz(gram, block)
     # Largest Ritz value first: QR then keeps each column near its vector of the previous step
