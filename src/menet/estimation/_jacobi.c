@@ -164,6 +164,21 @@
         }                                                                                           \
     }                                                                                               \
                                                                                                 \
+    /* idx: the order that sorts d (n values) ascending; d sorted in place (insertion sort). */     \
+    static void sort_ascending_##SUFFIX(T *d, int *idx, int n) {                                    \
+        for (int i = 1; i < n; i++) {                                                               \
+            int k = idx[i];                                                                         \
+            T x = d[i];                                                                             \
+            int j = i - 1;                                                                          \
+            while (j >= 0 && d[j] > x) {                                                            \
+                d[j + 1] = d[j];                                                                    \
+                idx[j + 1] = idx[j];                                                                \
+                j--;                                                                                \
+            }                                                                                       \
+            d[j + 1] = x;                                                                           \
+            idx[j + 1] = k;                                                                         \
+        }                                                                                           \
+    }                                                                                               \
     static int64_t eigh_##SUFFIX(const T *a, T *w, T *v, uint8_t *ok, int64_t batch, int n,     \
                                  T tol, int max_sweeps) {                                       \
         int stride = n + 1; /* padded rows: no power-of-two strides between columns */         \
@@ -209,18 +224,7 @@
                     idx[i] = i;                                                                 \
                     d[i] = A[(i * stride + i) * LANES + l];                                     \
                 }                                                                               \
-                for (int i = 1; i < n; i++) { /* insertion sort, ascending */                  \
-                    int k = idx[i];                                                             \
-                    T x = d[i];                                                                 \
-                    int j = i - 1;                                                              \
-                    while (j >= 0 && d[j] > x) {                                                \
-                        d[j + 1] = d[j];                                                        \
-                        idx[j + 1] = idx[j];                                                    \
-                        j--;                                                                    \
-                    }                                                                           \
-                    d[j + 1] = x;                                                               \
-                    idx[j + 1] = k;                                                             \
-                }                                                                               \
+                sort_ascending_##SUFFIX(d, idx, n);                                                 \
                 T *wo = w + (b0 + l) * n, *vo = v + (b0 + l) * n * n;                           \
                 for (int i = 0; i < n; i++) wo[i] = (T)ldexp(d[i], exponent[l]);                    \
                 for (int r = 0; r < n; r++)                                                     \
@@ -396,18 +400,7 @@ DEFINE_JACOBI(double, f64, sqrt, fabs, vec_f64)
                     idx[i] = i;                                                                     \
                     d[i] = H[(i * (k + 1) + i) * LANES + l];                                        \
                 }                                                                                   \
-                for (int i = 1; i < k; i++) { /* insertion sort, ascending */                       \
-                    int e = idx[i];                                                                 \
-                    T x = d[i];                                                                     \
-                    int j = i - 1;                                                                  \
-                    while (j >= 0 && d[j] > x) {                                                    \
-                        d[j + 1] = d[j];                                                            \
-                        idx[j + 1] = idx[j];                                                        \
-                        j--;                                                                        \
-                    }                                                                               \
-                    d[j + 1] = x;                                                                   \
-                    idx[j + 1] = e;                                                                 \
-                }                                                                                   \
+                sort_ascending_##SUFFIX(d, idx, k);                                                 \
                 T *wo = values + (b0 + l) * k, *vo = vectors + (b0 + l) * m * k;                    \
                 for (int i = 0; i < k; i++) wo[i] = (T)ldexp(d[i], exponent[l]);                    \
                 for (int r = 0; r < m; r++) /* ascending */                                         \
