@@ -164,31 +164,36 @@
         }                                                                                           \
     }                                                                                               \
                                                                                                 \
-    /* idx: the order that sorts d (n values) ascending; d sorted in place (insertion sort). */     \
-    static void sort_ascending_##SUFFIX(T *d, int *idx, int n) {                                    \
+    /* Lane l's diagonal of A (n x n, stride n + 1, as group_ leaves it) ascending, scaled back by  \
+       2^exponent, into values (n); idx: the order that sorts it (insertion sort). */               \
+    static void sorted_diagonal_##SUFFIX(const T *A, int n, int l, int exponent, int *idx, T *values) { \
+        for (int i = 0; i < n; i++) {                                                               \
+            idx[i] = i;                                                                             \
+            values[i] = A[(i * (n + 1) + i) * LANES + l];                                           \
+        }                                                                                           \
         for (int i = 1; i < n; i++) {                                                               \
             int k = idx[i];                                                                         \
-            T x = d[i];                                                                             \
+            T x = values[i];                                                                        \
             int j = i - 1;                                                                          \
-            while (j >= 0 && d[j] > x) {                                                            \
-                d[j + 1] = d[j];                                                                    \
+            while (j >= 0 && values[j] > x) {                                                       \
+                values[j + 1] = values[j];                                                          \
                 idx[j + 1] = idx[j];                                                                \
                 j--;                                                                                \
             }                                                                                       \
-            d[j + 1] = x;                                                                           \
+            values[j + 1] = x;                                                                      \
             idx[j + 1] = k;                                                                         \
         }                                                                                           \
+        for (int i = 0; i < n; i++) values[i] = (T)ldexp(values[i], exponent);                      \
     }                                                                                               \
     static int64_t eigh_##SUFFIX(const T *a, T *w, T *v, uint8_t *ok, int64_t batch, int n,     \
                                  T tol, int max_sweeps) {                                       \
         int stride = n + 1; /* padded rows: no power-of-two strides between columns */         \
         T *A = malloc(sizeof(T) * (size_t)n * stride * LANES);                                  \
         T *V = malloc(sizeof(T) * (size_t)n * stride * LANES);                                  \
-        int *idx = malloc(sizeof(int) * (size_t)n);                                             \
-        T *d = malloc(sizeof(T) * (size_t)n);                                                   \
-        int64_t flagged = 0;                                                                    \
-        if (!A || !V || !idx || !d) {                                                           \
-            free(A); free(V); free(idx); free(d);                                               \
+        int *idx = malloc(sizeof(int) * (size_t)n);                                                 \
+        int64_t flagged = 0;                                                                        \
+        if (!A || !V || !idx) {                                                                     \
+            free(A); free(V); free(idx);                                                            \
             return -1;                                                                          \
         }                                                                                       \
         for (int64_t b0 = 0; b0 < batch; b0 += LANES) {                                         \
@@ -220,25 +225,38 @@
                 int good = !((unconverged >> l) & 1) && !((nonfinite >> l) & 1);                              \
                 ok[b0 + l] = (uint8_t)good;                                                     \
                 flagged += !good;                                                               \
-                for (int i = 0; i < n; i++) {                                                   \
-                    idx[i] = i;                                                                 \
-                    d[i] = A[(i * stride + i) * LANES + l];                                     \
-                }                                                                               \
-                sort_ascending_##SUFFIX(d, idx, n);                                                 \
-                T *wo = w + (b0 + l) * n, *vo = v + (b0 + l) * n * n;                           \
-                for (int i = 0; i < n; i++) wo[i] = (T)ldexp(d[i], exponent[l]);                    \
+                sorted_diagonal_##SUFFIX(A, n, l, exponent[l], idx, w + (b0 + l) * n);              \
+                T *vo = v + (b0 + l) * n * n;                                                       \
                 for (int r = 0; r < n; r++)                                                     \
                     for (int i = 0; i < n; i++) vo[r * n + i] = V[(idx[i] * stride + r) * LANES + l]; \
             }                                                                                   \
         }                                                                                       \
-        free(A); free(V); free(idx); free(d);                                                   \
-        return flagged;                                                                         \
+        free(A); free(V); free(idx);                                                                \
+        return flagged;                                                                             \
     }
 
 DEFINE_JACOBI(float, f32, sqrtf, fabsf, vec_f32)
 DEFINE_JACOBI(double, f64, sqrt, fabs, vec_f64)
 
 #define DEFINE_RAYLEIGH_RITZ(T, SUFFIX, SQRT, FABS, VEC)                                            \
+    /* sum_r x[r] y[r] in every lane, x and y m lane vectors each (interleaved, contiguous). */     \
+    static inline __attribute__((always_inline)) VEC lane_dot_##SUFFIX(const T *x, const T *y, int m) { \
+        VEC acc = {0}, a, b;                                                                        \
+        for (int r = 0; r < m; r++) {                                                               \
+            __builtin_memcpy(&a, &x[r * LANES], sizeof a);                                          \
+            __builtin_memcpy(&b, &y[r * LANES], sizeof b);                                          \
+            acc += a * b;                                                                           \
+        }                                                                                           \
+        return acc;                                                                                 \
+    }                                                                                               \
+    /* out = G X for symmetric G (m x m, rows) and X (m x k, by columns); out by columns. */        \
+    static inline __attribute__((always_inline)) void lane_gemm_##SUFFIX(const T *G, const T *X, T *out, int m, int k) { \
+        for (int i = 0; i < m; i++)                                                                 \
+            for (int c = 0; c < k; c++) {                                                           \
+                VEC acc = lane_dot_##SUFFIX(&G[i * m * LANES], &X[c * m * LANES], m);               \
+                __builtin_memcpy(&out[(c * m + i) * LANES], &acc, sizeof acc);                      \
+            }                                                                                       \
+    }                                                                                               \
     /* Rayleigh-Ritz of each symmetric G (m x m) on span(G B), B (m x k): Y = G B with its          \
        columns reversed (largest Ritz value first, see subspace_svt), Householder QR Y = Q R,       \
        H = Q^T G Q, H = W diag(theta) W^T by the Jacobi group routine; returns theta ascending      \
@@ -305,24 +323,10 @@ DEFINE_JACOBI(double, f64, sqrt, fabs, vec_f64)
         }                                                                                           \
         /* H = Q^T (G Q), lower triangle; W's first use is as the m x k product G Q. */             \
         T *GQ = W;                                                                                  \
-        for (int i = 0; i < m; i++)                                                                 \
-            for (int c = 0; c < k; c++) {                                                           \
-                VEC acc = {0}, g, y;                                                                \
-                for (int r = 0; r < m; r++) {                                                       \
-                    __builtin_memcpy(&g, &G[(i * m + r) * LANES], sizeof g);                        \
-                    __builtin_memcpy(&y, &Y[(c * m + r) * LANES], sizeof y);                        \
-                    acc += g * y;                                                                   \
-                }                                                                                   \
-                __builtin_memcpy(&GQ[(c * m + i) * LANES], &acc, sizeof acc);                       \
-            }                                                                                       \
+        lane_gemm_##SUFFIX(G, Y, GQ, m, k);                                                         \
         for (int a = 0; a < k; a++)                                                                 \
             for (int c = 0; c <= a; c++) {                                                          \
-                VEC acc = {0}, y, q;                                                                \
-                for (int r = 0; r < m; r++) {                                                       \
-                    __builtin_memcpy(&y, &Y[(a * m + r) * LANES], sizeof y);                        \
-                    __builtin_memcpy(&q, &GQ[(c * m + r) * LANES], sizeof q);                       \
-                    acc += y * q;                                                                   \
-                }                                                                                   \
+                VEC acc = lane_dot_##SUFFIX(&Y[a * m * LANES], &GQ[c * m * LANES], m);              \
                 __builtin_memcpy(&H[(a * (k + 1) + c) * LANES], &acc, sizeof acc);                  \
                 __builtin_memcpy(&H[(c * (k + 1) + a) * LANES], &acc, sizeof acc);                  \
             }                                                                                       \
@@ -337,11 +341,11 @@ DEFINE_JACOBI(double, f64, sqrt, fabs, vec_f64)
         T *Bt = malloc(sizeof(T) * (size_t)m * k * LANES); /* B interleaved, then the Ritz vectors */ \
         size_t wsize = (size_t)(m * k > k * (k + 1) ? m * k : k * (k + 1)) * LANES;                 \
         T *H = malloc(sizeof(T) * (size_t)k * (k + 1) * LANES), *W = malloc(sizeof(T) * wsize);     \
-        T *tau = malloc(sizeof(T) * (size_t)k * LANES), *d = malloc(sizeof(T) * (size_t)k);         \
+        T *tau = malloc(sizeof(T) * (size_t)k * LANES);                                             \
         int *idx = malloc(sizeof(int) * (size_t)k);                                                 \
         int64_t flagged = 0;                                                                        \
-        if (!G || !Y || !Bt || !H || !W || !tau || !d || !idx) {                                    \
-            free(G); free(Y); free(Bt); free(H); free(W); free(tau); free(d); free(idx);            \
+        if (!G || !Y || !Bt || !H || !W || !tau || !idx) {                                          \
+            free(G); free(Y); free(Bt); free(H); free(W); free(tau); free(idx);                     \
             return -1;                                                                              \
         }                                                                                           \
         for (int64_t b0 = 0; b0 < batch; b0 += LANES) {                                             \
@@ -365,16 +369,7 @@ DEFINE_JACOBI(double, f64, sqrt, fabs, vec_f64)
                 for (int c = 0; c < k; c++)                                                         \
                     for (int l = 0; l < LANES; l++)                                                 \
                         Bt[(c * m + r) * LANES + l] = l < used ? block[(b0 + l) * m * k + r * k + (k - 1 - c)] : (T)(r == c); \
-            for (int i = 0; i < m; i++)                                                             \
-                for (int c = 0; c < k; c++) {                                                       \
-                    VEC acc = {0}, g, bv;                                                           \
-                    for (int r = 0; r < m; r++) {                                                   \
-                        __builtin_memcpy(&g, &G[(i * m + r) * LANES], sizeof g);                    \
-                        __builtin_memcpy(&bv, &Bt[(c * m + r) * LANES], sizeof bv);                 \
-                        acc += g * bv;                                                              \
-                    }                                                                               \
-                    __builtin_memcpy(&Y[(c * m + i) * LANES], &acc, sizeof acc);                    \
-                }                                                                                   \
+            lane_gemm_##SUFFIX(G, Bt, Y, m, k);                                                     \
             int flags;                                                                              \
             rr_group_##SUFFIX(G, Y, H, W, tau, m, k, max_sweeps, tol, &flags);                      \
             /* Ritz vectors Q W in Jacobi's order, all lanes at once (into Bt), sorted below. */    \
@@ -396,18 +391,13 @@ DEFINE_JACOBI(double, f64, sqrt, fabs, vec_f64)
                 int good = !((flags >> l) & 1);                                                     \
                 ok[b0 + l] = (uint8_t)good;                                                         \
                 flagged += !good;                                                                   \
-                for (int i = 0; i < k; i++) {                                                       \
-                    idx[i] = i;                                                                     \
-                    d[i] = H[(i * (k + 1) + i) * LANES + l];                                        \
-                }                                                                                   \
-                sort_ascending_##SUFFIX(d, idx, k);                                                 \
-                T *wo = values + (b0 + l) * k, *vo = vectors + (b0 + l) * m * k;                    \
-                for (int i = 0; i < k; i++) wo[i] = (T)ldexp(d[i], exponent[l]);                    \
+                sorted_diagonal_##SUFFIX(H, k, l, exponent[l], idx, values + (b0 + l) * k);         \
+                T *vo = vectors + (b0 + l) * m * k;                                                 \
                 for (int r = 0; r < m; r++) /* ascending */                                         \
                     for (int i = 0; i < k; i++) vo[r * k + i] = Bt[(idx[i] * m + r) * LANES + l];   \
             }                                                                                       \
         }                                                                                           \
-        free(G); free(Y); free(Bt); free(H); free(W); free(tau); free(d); free(idx);                \
+        free(G); free(Y); free(Bt); free(H); free(W); free(tau); free(idx);                         \
         return flagged;                                                                             \
     }
 

@@ -89,24 +89,28 @@ def jacobi_eigh(h: Tensor) -> tuple[Tensor, Tensor]:
     return values, vectors
 
 
+def _kernel_takes(t: Tensor) -> bool:
+    """The compiled kernel is built and takes t: a CPU float32/float64 tensor, no autograd."""
+    return (
+        _jacobi is not None and t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
+        and not (torch.is_grad_enabled() and t.requires_grad)
+    )
+
+
 def jacobi_runs(h: Tensor, *, near_diagonal: bool) -> bool:
     """Whether ``eigh(h, near_diagonal=...)`` uses the compiled Jacobi kernel."""
     limit = WARM_MAX_N if near_diagonal else COLD_MAX_N
-    return (
-        _jacobi is not None and h.device.type == "cpu" and h.dtype in (torch.float32, torch.float64)
-        and h.dim() == 3 and 1 <= h.shape[-1] <= limit and not (torch.is_grad_enabled() and h.requires_grad)
-    )
+    return _kernel_takes(h) and h.dim() == 3 and 1 <= h.shape[-1] <= limit
 
 
 def rayleigh_ritz_runs(gram: Tensor, block: Tensor) -> bool:
     """Whether ``rayleigh_ritz`` takes gram (B, m, m) and block (B, m, k): the compiled kernel
     built, both CPU float32/float64 of one dtype, 1 <= k <= m <= RAYLEIGH_RITZ_MAX_M, no autograd."""
     return (
-        _jacobi is not None and gram.device.type == "cpu" and gram.dtype in (torch.float32, torch.float64)
-        and block.device == gram.device and block.dtype == gram.dtype and gram.dim() == 3 and block.dim() == 3
+        _kernel_takes(gram) and _kernel_takes(block) and block.dtype == gram.dtype
+        and gram.dim() == 3 and block.dim() == 3
         and gram.shape[-1] == gram.shape[-2] == block.shape[-2] and block.shape[0] == gram.shape[0]
         and 1 <= block.shape[-1] <= gram.shape[-1] <= RAYLEIGH_RITZ_MAX_M
-        and not (torch.is_grad_enabled() and (gram.requires_grad or block.requires_grad))
     )
 
 

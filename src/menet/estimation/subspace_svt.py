@@ -60,9 +60,8 @@ def full_sizes(batch: int, m: int, device: torch.device) -> Tensor:
 
 def threshold_full(v: Tensor, threshold: Tensor | float) -> tuple[Tensor, Tensor]:
     """Soft-threshold the singular values of v (B, m, n), m <= n, at ``threshold`` ((B, 1) or a
-    number) exactly
-    (eigh of the full Gram matrix, by ``small_eigh``): (thresholded matrices (B, m, n), singular
-    values of v (B, m) ascending). Not for autograd (``spectral.spectral_filter`` is)."""
+    number) exactly (eigh of the full Gram matrix, by ``small_eigh``): (thresholded matrices
+    (B, m, n), singular values of v (B, m) ascending). Not for autograd (``spectral_filter`` is)."""
     values, vecs = small_eigh.eigh(v @ v.mT, near_diagonal=False)
     s = values.clamp_min(0).sqrt()
     w = soft_threshold_weights(s, threshold)
