@@ -23,11 +23,15 @@ therefore tol * min(1, mu), which holds the 1e-4 gap over mu in [0.05, 5] (prope
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 from torch import Tensor
 
 from menet.estimation._batching import (
+    MIN_CHUNK_MATRICES,
+    _chunk_cap,
+    _torch_threads,
     check_matrices,
     check_max_iters,
     check_positive,
@@ -51,6 +55,7 @@ def nuclear_norm(
     mu: float = 1.0,
     tol: float = 2e-4,
     max_iters: int = 500,
+    balanced_chunks: bool = False,
 ) -> Tensor:
     """Minimiser of mu * ||X||_* + ||mask * (X - a)||_F^2 for each matrix.
 
@@ -58,7 +63,8 @@ def nuclear_norm(
     on its own when the relative change of its iterate falls below ``tol * min(1, mu)``
     (default tol 2e-4: relative objective gap below 1e-4), or after ``max_iters`` (logged). In float32, keep
     ``tol`` above about 1e-6. Not differentiable: the output carries no gradient. Returns a
-    tensor like ``a``.
+    tensor like ``a``. ``balanced_chunks``: today's ``map_matrices`` chunking instead of the
+    chunking this solver had (``chunk_as_before``).
     """
     check_matrices(a, mask)
     check_positive("mu", mu)
@@ -110,4 +116,14 @@ def nuclear_norm(
         return out
 
     with torch.no_grad():
-        return map_matrices(estimate, a.detach(), mask)
+        chunk = None if balanced_chunks else chunk_as_before(a)
+        return map_matrices(estimate, a.detach(), mask, chunk=chunk)
+
+
+def chunk_as_before(a: Tensor) -> int:
+    """The chunk size map_matrices used with this solver (before chunk_size balanced the
+    chunks): as many matrices as the cap allows, a batch of 1024 CIFAR-shaped matrices on 2
+    workers thus ran as 6 chunks of 170 and one of 4."""
+    batch = a.reshape(-1, *a.shape[-2:]).shape[0]
+    workers = _torch_threads() if a.device.type == "cpu" else 1
+    return min(_chunk_cap(a), max(MIN_CHUNK_MATRICES, math.ceil(batch / max(workers, 1))))

@@ -112,6 +112,50 @@ def test_chunked_parallel_run_equals_one_chunk(method, monkeypatch):
     torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-5)
 
 
+def _chunks(batch: int, chunk: int) -> list[int]:
+    return [min(chunk, batch - start) for start in range(0, batch, chunk)]
+
+
+@pytest.mark.parametrize("batch", [1, 5, 63, 64, 100, 129, 300, 1000, 1024, 1025, 4097])
+@pytest.mark.parametrize("cap", [1, 7, 42, 170, 668, 10_000])
+@pytest.mark.parametrize("workers", [1, 2, 3, 16])
+def test_chunk_sizes_respect_the_cap_and_balance_the_workers(batch, cap, workers):
+    sizes = _chunks(batch, batching.chunk_size(batch, cap, workers))
+    assert sum(sizes) == batch and max(sizes) <= cap
+    # The fewest chunks the cap allows, rounded up to a multiple of the workers: nothing
+    # finer (no pointless per-chunk overhead)...
+    fewest = -(-batch // min(cap, max(batching.MIN_CHUNK_MATRICES, -(-batch // workers))))
+    assert len(sizes) <= max(1, -(-fewest // workers) * workers)
+    # ...and, by equal sizes, no worker's last round much shorter than the others': with as
+    # many matrices as the cap allows per chunk, the rounds of the workers differ by at most
+    # one matrix per chunk (a tail of 4 matrices after 6 chunks of 170 was the failure).
+    assert max(sizes) - min(sizes) <= max(1, len(sizes) - 1)
+
+
+def test_chunk_sizes_of_the_benchmark_batches():
+    # Worked by hand: 1024 CIFAR-shaped matrices (cap 2**19 // 3072 = 170) on 2 workers need
+    # 7 chunks, rounded up to 8 of 128; at 28 x 28 (cap 668) two of 512 as before; one worker
+    # takes equal chunks too.
+    assert batching.chunk_size(1024, 170, 2) == 128
+    assert batching.chunk_size(1024, 668, 2) == 512
+    assert batching.chunk_size(1024, 170, 1) == 147
+    assert batching.chunk_size(100, 170, 2) == 50
+
+
+def test_map_matrices_takes_an_explicit_chunk_and_rejects_a_bad_one():
+    a, mask = sample(batch=10, m=3, n=4, dtype=torch.float32)
+    seen: list[int] = []
+
+    def record(x, m):
+        seen.append(x.shape[0])
+        return x * m
+
+    torch.testing.assert_close(batching.map_matrices(record, a, mask, chunk=3), a * mask)
+    assert sorted(seen) == [1, 3, 3, 3]
+    with pytest.raises(ValueError, match="chunk must be at least 1"):
+        batching.map_matrices(record, a, mask, chunk=0)
+
+
 @pytest.mark.parametrize("method", NAMES)
 def test_inference_mode_and_empty_batch(method):
     a, mask = sample(batch=200, m=5, n=5, dtype=torch.float32)

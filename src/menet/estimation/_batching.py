@@ -104,19 +104,36 @@ def _chunk_cap(a: Tensor) -> int:
     return max(1, cap // (a.shape[-2] * a.shape[-1]))
 
 
+def chunk_size(batch: int, cap: int, workers: int) -> int:
+    """Matrices per chunk for ``batch`` matrices, at most ``cap`` per chunk, on ``workers``
+    threads: as few chunks as the cap and MIN_CHUNK_MATRICES allow, their number rounded up to
+    a multiple of ``workers``, of equal sizes (up to rounding: the last may be smaller), so that
+    no worker waits on another's extra chunk. (1024 CIFAR-shaped matrices at a cap of 170 on 2 workers: 8 chunks
+    of 128, not 6 of 170 and one of 4, whose steps cost nearly a full chunk's per-operation
+    overhead: 5-8% of the nuclear norm's time, benchmarks/RESULTS.md.)"""
+    workers = max(workers, 1)
+    chunk = min(cap, max(MIN_CHUNK_MATRICES, math.ceil(batch / workers)))
+    count = math.ceil(batch / chunk)
+    if count > 1:
+        count = math.ceil(count / workers) * workers
+    return math.ceil(batch / count)
+
+
 def zero_fill(a: Tensor, mask: Tensor) -> Tensor:
     """Observed entries of ``a``, zeros elsewhere (NaN-safe: unobserved values never leak)."""
     return torch.where(mask, a, torch.zeros((), dtype=a.dtype, device=a.device))
 
 
 def map_matrices(
-    fn: Callable[..., Tensor], a: Tensor, mask: Tensor, *, differentiable: bool = False
+    fn: Callable[..., Tensor], a: Tensor, mask: Tensor, *, differentiable: bool = False,
+    chunk: int | None = None,
 ) -> Tensor:
     """Apply ``fn(a_chunk, mask_chunk) -> out_chunk`` over ``a`` of shape (..., m, n) in chunks.
 
     Leading dims are flattened; the result has the shape of ``a``. When ``differentiable`` and
     autograd is recording, chunks run in the caller's thread and are concatenated so that
-    gradients flow; otherwise they are written into one preallocated output.
+    gradients flow; otherwise they are written into one preallocated output. ``chunk``:
+    matrices per chunk (default ``chunk_size`` of the batch, the device's cap and the workers).
     """
     shape = a.shape
     m, n = shape[-2:]
@@ -125,9 +142,11 @@ def map_matrices(
     batch = flat_a.shape[0]
     if batch == 0:
         return a.clone()
-    per_chunk_cap = _chunk_cap(a)
     workers = _torch_threads() if a.device.type == "cpu" else 1
-    chunk = min(per_chunk_cap, max(MIN_CHUNK_MATRICES, math.ceil(batch / max(workers, 1))))
+    if chunk is None:
+        chunk = chunk_size(batch, _chunk_cap(a), workers)
+    elif chunk < 1:
+        raise ValueError(f"chunk must be at least 1 matrix, got {chunk}")
     starts = list(range(0, batch, chunk))
 
     if differentiable and torch.is_grad_enabled() and a.requires_grad:
