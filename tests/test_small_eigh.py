@@ -335,3 +335,120 @@ def test_rayleigh_ritz_dispatch():
     assert not small_eigh.rayleigh_ritz_runs(torch.zeros(2, 64, 64), torch.zeros(2, 64, 16))  # m > 48: torch's
     leaf = gram.clone().requires_grad_(True)
     assert not small_eigh.rayleigh_ritz_runs(leaf, block)
+
+
+def _filter_reference(values: torch.Tensor, vectors: torch.Tensor, threshold: torch.Tensor):
+    """U diag(w) U^T and the count of w > 0 in float64, by plain loops over the matrices."""
+    filters, passed = [], []
+    for lam, u, t in zip(values.double(), vectors.double(), threshold.double().reshape(-1)):
+        s = lam.clamp_min(0).sqrt()
+        w = torch.where(s > t, (s - t) / s.clamp_min(1e-300), torch.zeros_like(s))
+        filters.append(sum(w[j] * torch.outer(u[:, j], u[:, j]) for j in range(len(w))))
+        passed.append(int((w > 0).sum()))
+    return torch.stack(filters), torch.tensor(passed)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("m, k", [(1, 1), (7, 7), (7, 3), (16, 16), (28, 12), (32, 20), (33, 33), (40, 5)])
+def test_soft_threshold_filter_matches_a_plain_loop(dtype, m, k):
+    # m = 7, 28 and 33 leave partial row blocks of the kernel's 16-wide stores and 4-row groups.
+    g = torch.Generator().manual_seed(m * 100 + k)
+    x = torch.randn(9, m, 2 * m, generator=g, dtype=torch.float64)
+    values, vectors = torch.linalg.eigh(x @ x.mT)
+    values, vectors = values[:, m - k :].to(dtype), vectors[:, :, m - k :].to(dtype)
+    s = values.clamp_min(0).sqrt()
+    # Per-matrix thresholds midway between two values (some pass, some not; no ties), one above
+    # all, one at 0.
+    below = s[:, k // 2 - 1] if k > 1 else torch.zeros_like(s[:, 0])
+    threshold = (0.5 * (below + s[:, k // 2])).view(-1, 1)
+    threshold[0], threshold[1] = s[1].max() * 2, 0.0
+    want_f, want_p = _filter_reference(values, vectors, threshold)
+    for t in (threshold, threshold.view(-1)):
+        got_f, got_p = small_eigh.soft_threshold_filter(values, vectors, t)
+        assert got_f.dtype == dtype and got_p.dtype == torch.long
+        assert torch.equal(got_p, want_p)
+        eps = torch.finfo(dtype).eps
+        torch.testing.assert_close(got_f.double(), want_f, rtol=0, atol=8 * k * eps)
+    assert want_p[0] == 0 and not small_eigh.soft_threshold_filter(values, vectors, threshold)[0][0].any()
+    # A number as the threshold, and the torch path (autograd on) gives the same.
+    got_f, got_p = small_eigh.soft_threshold_filter(values, vectors, 0.5)
+    want_f, want_p = _filter_reference(values, vectors, torch.full((9,), 0.5))
+    assert torch.equal(got_p, want_p)
+    torch.testing.assert_close(got_f.double(), want_f, rtol=0, atol=8 * k * torch.finfo(dtype).eps)
+    torch_f, torch_p = small_eigh.soft_threshold_filter(values.clone().requires_grad_(True), vectors, 0.5)
+    assert torch.equal(torch_p, want_p)
+    torch.testing.assert_close(torch_f.detach().double(), want_f, rtol=0, atol=8 * k * torch.finfo(dtype).eps)
+
+
+def _groups_without_kernel(monkeypatch, gram, basis, sizes, threshold):
+    """subspace_svt's per-group torch path with LAPACK's eigh and QR (no compiled kernel)."""
+    subspace_svt = importlib.import_module("menet.estimation.subspace_svt")
+    with monkeypatch.context() as patch:
+        patch.setattr(small_eigh, "_jacobi", None)
+        return subspace_svt._threshold_groups(gram, basis, sizes, threshold)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("m", [5, 20, 32, 40])
+def test_threshold_step_matches_the_torch_groups(monkeypatch, dtype, m):
+    # Mixed block sizes (full decompositions among them), blocks near the top singular vectors
+    # as in the solver: filters, updated bases (up to sign) and next sizes as LAPACK's path.
+    g = torch.Generator().manual_seed(m)
+    batch = 37
+    x = torch.randn(batch, m, m, generator=g, dtype=torch.float64) @ torch.diag_embed(
+        torch.logspace(0, -1.5, m, dtype=torch.float64).expand(batch, m)) @ torch.randn(batch, m, 3 * m, generator=g, dtype=torch.float64)
+    gram = (x @ x.mT).to(dtype)
+    _, u = torch.linalg.eigh(x @ x.mT)
+    basis = torch.linalg.qr(u + 1e-3 * torch.randn(u.shape, generator=g, dtype=torch.float64)).Q.to(dtype).contiguous()
+    choices = torch.tensor(sorted({max(1, m // 4), max(1, m // 2), m}))
+    sizes = choices[torch.randint(len(choices), (batch,), generator=g)]
+    sizes[:4] = max(1, m // 2)
+    s = torch.linalg.eigvalsh(gram.double()).clamp_min(0).sqrt()
+    threshold = (0.5 * (s[:, -3] + s[:, -4])).view(-1, 1).to(dtype)  # three pass (no ties)
+    threshold[:4] = 0.5 * s[:4, m - max(1, m // 2)].view(-1, 1)  # blocks whose every value passes
+    fused_basis, groups_basis = basis.clone(), basis.clone()
+    filters, next_size, failed = small_eigh.threshold_step(gram, fused_basis, sizes, threshold, 2)
+    want_filters, want_next = _groups_without_kernel(monkeypatch, gram, groups_basis, sizes, threshold)
+    assert not failed.any() and torch.equal(next_size, want_next)
+    assert (next_size[:4] == m).all()  # next time, the full decomposition
+    torch.testing.assert_close(filters, want_filters, rtol=0, atol=200 * m * torch.finfo(dtype).eps)
+    for b in range(batch):
+        k = int(sizes[b])
+        got, want = fused_basis[b, :, m - k :], groups_basis[b, :, m - k :]
+        torch.testing.assert_close((got.mT @ want).abs().diagonal()[-2:], torch.ones(min(2, k), dtype=dtype),
+                                   rtol=0, atol=1e-3 if dtype == torch.float32 else 1e-8)
+        assert torch.equal(fused_basis[b, :, : m - k], basis[b, :, : m - k])  # the rest untouched
+
+
+@needs_kernel
+def test_threshold_step_leaves_failed_matrices_alone_and_checks_its_input():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(20, 12, 30, generator=g)
+    gram = x @ x.mT
+    basis = torch.linalg.qr(torch.randn(20, 12, 12, generator=g)).Q.contiguous()
+    basis[3, :, -4:] = float("nan")  # a broken block: flagged, nothing written
+    before = basis.clone()
+    sizes = torch.full((20,), 4)
+    filters, next_size, failed = small_eigh.threshold_step(gram, basis, sizes, torch.full((20, 1), 1.0), 2)
+    assert failed.tolist() == [i == 3 for i in range(20)]
+    assert torch.isnan(basis[3, :, -4:]).all() and torch.equal(basis[3, :, :-4], before[3, :, :-4])
+    assert torch.isfinite(filters[~failed]).all() and not torch.equal(basis[0], before[0])
+    alone = small_eigh.threshold_step(gram[5:6], before[5:6].clone(), sizes[5:6], torch.ones(1, 1), 2)
+    assert torch.equal(alone[0][0], filters[5]) and alone[1][0] == next_size[5]  # batch-independent
+    for bad in (0, 13):
+        with pytest.raises(ValueError, match="every block size must be in"):
+            small_eigh.threshold_step(gram, basis.clone(), torch.full((20,), bad), torch.ones(20, 1), 2)
+    with pytest.raises(ValueError, match="need 20 entries"):
+        small_eigh.threshold_step(gram, basis.clone(), sizes, torch.ones(19, 1), 2)
+
+
+@needs_kernel
+def test_threshold_step_dispatch():
+    gram = torch.zeros(2, 40, 40)
+    assert small_eigh.threshold_step_runs(gram, torch.zeros(2, 40, 40))
+    assert not small_eigh.threshold_step_runs(torch.zeros(2, 41, 41), torch.zeros(2, 41, 41))  # LAPACK's eigh there
+    assert not small_eigh.threshold_step_runs(gram, torch.zeros(2, 40, 40, dtype=torch.float64))
+    assert not small_eigh.threshold_step_runs(gram, torch.zeros(2, 40, 40).mT)  # written in place: contiguous
+    assert not small_eigh.threshold_step_runs(gram.clone().requires_grad_(True), torch.zeros(2, 40, 40))

@@ -32,6 +32,12 @@
  *   g: (batch, m, m) symmetric (both triangles read), b: (batch, m, k) read only; w: (batch, k)
  *   Ritz values ascending and v: (batch, m, k) Ritz vectors of g on span(g b) (the power step,
  *   Householder QR, the k x k projection and the Jacobi above, in one pass); ok as for eigh.
+ *   soft_threshold_filter(values, u, t, f, passed, batch, m, k, is_double) -> None
+ *   values (batch, k), u (batch, m, k), t (batch,) read only; f (batch, m, m) = U diag(w) U^T
+ *   with the soft-threshold weights w of sqrt(max(values, 0)) at t; passed (batch,) int64.
+ *   threshold_step(gram, basis, sizes, t, f, next, ok, batch, m, is_double, tol, max_sweeps,
+ *   margin) -> number flagged: the nuclear-norm solver's threshold step for every block size at
+ *   once (rayleigh_ritz or eigh per matrix, then the filter; see DEFINE_STEP).
  * The GIL is released.
  */
 #define PY_SSIZE_T_CLEAN
@@ -404,6 +410,142 @@ DEFINE_JACOBI(double, f64, sqrt, fabs, vec_f64)
 DEFINE_RAYLEIGH_RITZ(float, f32, sqrtf, fabsf, vec_f32)
 DEFINE_RAYLEIGH_RITZ(double, f64, sqrt, fabs, vec_f64)
 
+
+/* One implementation per element type. For each matrix b: s_j = sqrt(max(lambda_j, 0)) of its k
+   eigenvalues, w_j = (s_j - t_b) / s_j where s_j > t_b and 0 elsewhere (the soft-threshold
+   weights of spectral.soft_threshold_weights), passed_b = #{j : w_j > 0}, and the m x m filter
+   F = sum_j w_j u_j u_j^T over those j only (terms of zero weight are skipped, not added), with
+   u_j the columns of U (m x k, row-major). Entry (i, c) adds (w_j u_ij) u_cj in ascending j,
+   LANES entries of a row at a time in a vector register. */
+#define DEFINE_FILTER(T, SUFFIX, SQRT, VEC)                                                         \
+    MULTIVERSION static int filter_##SUFFIX(const T *values, const T *vectors, const T *threshold, \
+                                            T *filt, int64_t *passed, int64_t batch, int m, int k) { \
+        int mp = (m + LANES - 1) / LANES * LANES; /* rows of ut padded with zeros */                 \
+        T *ut = calloc((size_t)mp * k, sizeof(T)), *wu = malloc(sizeof(T) * (size_t)m * k);         \
+        if (!ut || !wu) {                                                                           \
+            free(ut); free(wu);                                                                     \
+            return -1;                                                                              \
+        }                                                                                           \
+        for (int64_t b = 0; b < batch; b++) {                                                       \
+            const T *u = vectors + b * m * k;                                                       \
+            T t = threshold[b];                                                                     \
+            int r = 0;                                                                              \
+            for (int j = 0; j < k; j++) {                                                           \
+                T lam = values[b * k + j];                                                          \
+                T sv = SQRT(lam > 0 ? lam : (T)0);                                                  \
+                if (sv > t) { /* ut row r = u_j; wu column r = w_j u_j */                           \
+                    T w = (sv - t) / sv;                                                            \
+                    for (int c = 0; c < m; c++) {                                                   \
+                        ut[r * mp + c] = u[c * k + j];                                              \
+                        wu[c * k + r] = w * u[c * k + j];                                           \
+                    }                                                                               \
+                    r++;                                                                            \
+                }                                                                                   \
+            }                                                                                       \
+            passed[b] = r;                                                                          \
+            T *f = filt + b * m * m;                                                                \
+            /* Four rows at a time: four independent sums hide the multiply-add latency. */         \
+            for (int i0 = 0; i0 < m; i0 += 4)                                                       \
+                for (int c0 = 0; c0 < m; c0 += LANES) {                                             \
+                    int rows = m - i0 < 4 ? m - i0 : 4;                                             \
+                    const T *w0 = &wu[i0 * k], *w1 = &wu[(i0 + (rows > 1)) * k];                    \
+                    const T *w2 = &wu[(i0 + (rows > 2) * 2) * k], *w3 = &wu[(i0 + (rows > 3) * 3) * k]; \
+                    VEC acc0 = {0}, acc1 = {0}, acc2 = {0}, acc3 = {0}, row;                        \
+                    for (int q = 0; q < r; q++) {                                                   \
+                        __builtin_memcpy(&row, &ut[q * mp + c0], sizeof row);                       \
+                        acc0 += w0[q] * row;                                                        \
+                        acc1 += w1[q] * row;                                                        \
+                        acc2 += w2[q] * row;                                                        \
+                        acc3 += w3[q] * row;                                                        \
+                    }                                                                               \
+                    int width = m - c0 < LANES ? m - c0 : LANES;                                    \
+                    VEC *acc[4] = {&acc0, &acc1, &acc2, &acc3};                                     \
+                    for (int d = 0; d < rows; d++) {                                                \
+                        if (width == LANES) /* one vector store */                                  \
+                            __builtin_memcpy(&f[(i0 + d) * m + c0], acc[d], sizeof(VEC));           \
+                        else                                                                        \
+                            for (int c = 0; c < width; c++) f[(i0 + d) * m + c0 + c] = (*acc[d])[c]; \
+                    }                                                                               \
+                }                                                                                   \
+        }                                                                                           \
+        free(ut); free(wu);                                                                         \
+        return 0;                                                                                   \
+    }
+
+DEFINE_FILTER(float, f32, sqrtf, vec_f32)
+DEFINE_FILTER(double, f64, sqrt, vec_f64)
+
+/* One singular value threshold step of the nuclear-norm solver (subspace_svt.threshold_tracked)
+   for a whole batch, in one call instead of a dozen torch calls per block size. Matrix b has
+   block size k = sizes[b] (k = m: the full decomposition): its Gram matrix (gram, m x m) is
+   decomposed by rr (on span(G B), B the last k columns of basis_b, m x m row-major) or, for
+   k = m, by eigh; the k vectors replace those columns of basis_b (all of it for k = m);
+   filters_b = U diag(w) U^T as in filter; next_b = min(p + margin, m), p the number of passed
+   values, or m where k < m and every value passed. Matrices of one k are processed in groups
+   of LANES, in ascending b, gathered into scratch; a matrix's results depend on its own data
+   only (the group routines leave converged lanes unchanged). ok_b = 0 where the decomposition
+   failed (not finite or not converged): then basis_b, filters_b and next_b are not written. */
+#define DEFINE_STEP(T, SUFFIX)                                                                      \
+    static int64_t step_##SUFFIX(const T *gram, T *basis, const int64_t *sizes, const T *threshold, \
+                                 T *filters, int64_t *next, uint8_t *ok, int64_t batch, int m,      \
+                                 T tol, int max_sweeps, int margin) {                               \
+        size_t mm = (size_t)m * m;                                                                  \
+        int64_t *order = malloc(sizeof(int64_t) * (size_t)(batch > 0 ? batch : 1));                 \
+        int64_t *start = calloc((size_t)m + 2, sizeof(int64_t));                                    \
+        T *G = malloc(sizeof(T) * mm * LANES), *B = malloc(sizeof(T) * mm * LANES);                 \
+        T *vals = malloc(sizeof(T) * (size_t)m * LANES), *vecs = malloc(sizeof(T) * mm * LANES);    \
+        T *F = malloc(sizeof(T) * mm * LANES), t[LANES];                                            \
+        int64_t passed[LANES];                                                                      \
+        uint8_t good[LANES];                                                                        \
+        int64_t flagged = 0;                                                                        \
+        if (!order || !start || !G || !B || !vals || !vecs || !F) {                                 \
+            flagged = -1;                                                                           \
+            goto done;                                                                              \
+        }                                                                                           \
+        for (int64_t b = 0; b < batch; b++) start[sizes[b] + 1]++; /* counting sort by k */         \
+        for (int k = 1; k <= m + 1; k++) start[k] += start[k - 1];                                  \
+        for (int64_t b = 0; b < batch; b++) order[start[sizes[b]]++] = b;                           \
+        for (int k = m; k >= 1; k--) start[k] = start[k - 1]; /* back to the first of each k */     \
+        start[0] = 0;                                                                               \
+        for (int k = 1; k <= m; k++) {                                                              \
+            for (int64_t g0 = start[k]; g0 < start[k + 1]; g0 += LANES) {                           \
+                int used = start[k + 1] - g0 < LANES ? (int)(start[k + 1] - g0) : LANES;            \
+                for (int l = 0; l < used; l++) {                                                    \
+                    int64_t b = order[g0 + l];                                                      \
+                    __builtin_memcpy(&G[l * mm], &gram[b * mm], sizeof(T) * mm);                    \
+                    for (int r = 0; k < m && r < m; r++)                                            \
+                        __builtin_memcpy(&B[(l * m + r) * k], &basis[b * mm + r * m + (m - k)], sizeof(T) * (size_t)k); \
+                    t[l] = threshold[b];                                                            \
+                }                                                                                   \
+                int64_t bad = k < m ? rr_##SUFFIX(G, B, vals, vecs, good, used, m, k, tol, max_sweeps) \
+                                    : eigh_##SUFFIX(G, vals, vecs, good, used, m, tol, max_sweeps);  \
+                if (bad < 0 || filter_##SUFFIX(vals, vecs, t, F, passed, used, m, k) < 0) {         \
+                    flagged = -1;                                                                   \
+                    goto done;                                                                      \
+                }                                                                                   \
+                for (int l = 0; l < used; l++) {                                                    \
+                    int64_t b = order[g0 + l];                                                      \
+                    ok[b] = good[l];                                                                \
+                    if (!good[l]) {                                                                 \
+                        flagged++;                                                                  \
+                        continue;                                                                   \
+                    }                                                                               \
+                    for (int r = 0; r < m; r++)                                                     \
+                        __builtin_memcpy(&basis[b * mm + r * m + (m - k)], &vecs[(l * m + r) * k], sizeof(T) * (size_t)k); \
+                    __builtin_memcpy(&filters[b * mm], &F[l * mm], sizeof(T) * mm);                 \
+                    int64_t p = k < m && passed[l] >= k ? m : passed[l];                            \
+                    next[b] = p + margin < m ? p + margin : m;                                      \
+                }                                                                                   \
+            }                                                                                       \
+        }                                                                                           \
+    done:                                                                                           \
+        free(order); free(start); free(G); free(B); free(vals); free(vecs); free(F);                \
+        return flagged;                                                                             \
+    }
+
+DEFINE_STEP(float, f32)
+DEFINE_STEP(double, f64)
+
 static PyObject *py_eigh(PyObject *self, PyObject *args) {
     unsigned long long pa, pw, pv, pok;
     long long batch;
@@ -454,9 +596,69 @@ static PyObject *py_rayleigh_ritz(PyObject *self, PyObject *args) {
     return PyLong_FromLongLong(flagged);
 }
 
+static PyObject *py_soft_threshold_filter(PyObject *self, PyObject *args) {
+    unsigned long long pv, pu, pt, pf, pp;
+    long long batch;
+    int m, k, is_double;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "KKKKKLiii", &pv, &pu, &pt, &pf, &pp, &batch, &m, &k, &is_double))
+        return NULL;
+    if (batch < 0 || m < 1 || k < 1 || k > m || m > 1024) {
+        PyErr_SetString(PyExc_ValueError, "soft_threshold_filter: need batch >= 0, 1 <= k <= m <= 1024");
+        return NULL;
+    }
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    if (is_double)
+        status = filter_f64((const double *)(uintptr_t)pv, (const double *)(uintptr_t)pu, (const double *)(uintptr_t)pt,
+                            (double *)(uintptr_t)pf, (int64_t *)(uintptr_t)pp, batch, m, k);
+    else
+        status = filter_f32((const float *)(uintptr_t)pv, (const float *)(uintptr_t)pu, (const float *)(uintptr_t)pt,
+                            (float *)(uintptr_t)pf, (int64_t *)(uintptr_t)pp, batch, m, k);
+    Py_END_ALLOW_THREADS
+    if (status < 0) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_threshold_step(PyObject *self, PyObject *args) {
+    unsigned long long pg, pb, ps, pt, pf, pn, pok;
+    long long batch;
+    int m, is_double, max_sweeps, margin;
+    double tol;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "KKKKKKKLiidii", &pg, &pb, &ps, &pt, &pf, &pn, &pok, &batch, &m, &is_double, &tol,
+                          &max_sweeps, &margin))
+        return NULL;
+    if (batch < 0 || m < 1 || m > 1024 || max_sweeps < 1 || !(tol > 0) || margin < 0) {
+        PyErr_SetString(PyExc_ValueError, "threshold_step: need batch >= 0, 1 <= m <= 1024, max_sweeps >= 1, tol > 0, margin >= 0");
+        return NULL;
+    }
+    const int64_t *sizes = (const int64_t *)(uintptr_t)ps;
+    for (long long b = 0; b < batch; b++)
+        if (sizes[b] < 1 || sizes[b] > m) {
+            PyErr_SetString(PyExc_ValueError, "threshold_step: every block size must be in [1, m]");
+            return NULL;
+        }
+    int64_t flagged;
+    Py_BEGIN_ALLOW_THREADS
+    if (is_double)
+        flagged = step_f64((const double *)(uintptr_t)pg, (double *)(uintptr_t)pb, sizes, (const double *)(uintptr_t)pt,
+                           (double *)(uintptr_t)pf, (int64_t *)(uintptr_t)pn, (uint8_t *)(uintptr_t)pok, batch, m, tol,
+                           max_sweeps, margin);
+    else
+        flagged = step_f32((const float *)(uintptr_t)pg, (float *)(uintptr_t)pb, sizes, (const float *)(uintptr_t)pt,
+                           (float *)(uintptr_t)pf, (int64_t *)(uintptr_t)pn, (uint8_t *)(uintptr_t)pok, batch, m,
+                           (float)tol, max_sweeps, margin);
+    Py_END_ALLOW_THREADS
+    if (flagged < 0) return PyErr_NoMemory();
+    return PyLong_FromLongLong(flagged);
+}
+
 static PyMethodDef methods[] = {
     {"eigh", py_eigh, METH_VARARGS, "Batched cyclic Jacobi eigh (see the module source)."},
     {"rayleigh_ritz", py_rayleigh_ritz, METH_VARARGS, "Batched Rayleigh-Ritz on span(G B) (see the module source)."},
+    {"threshold_step", py_threshold_step, METH_VARARGS, "One batched threshold step of the nuclear-norm solver (see the module source)."},
+    {"soft_threshold_filter", py_soft_threshold_filter, METH_VARARGS, "Batched soft-threshold filter U diag(w) U^T (see the module source)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -10,7 +10,8 @@ per 1024 matrices at k = 16 against 51 ms at 32 on one core). The block is ortho
 largest Ritz value first, which keeps the projected k x k matrix near diagonal form, so the
 compiled Jacobi eigensolver of ``small_eigh`` finishes it in 2-3 sweeps (3.6-6.7x LAPACK on
 these matrices, benchmarks/RESULTS.md); on the CPU the whole step (power step, QR, projection,
-eigh) is one compiled call, ``small_eigh.rayleigh_ritz``.
+eigh) is one compiled call, ``small_eigh.rayleigh_ritz``, and up to m = 40 the whole threshold
+step of a batch, every block size and the filters, is one: ``small_eigh.threshold_step``.
 
 The result is exact when the block spans the top-r subspace, and approximate otherwise (a
 direction missing from the block is pulled in over the next steps, as in subspace
@@ -18,7 +19,8 @@ iteration): callers use it where an inexact step costs iterations, not accuracy.
 whose every Ritz value passes the threshold may be missing a direction, so its next block is
 the full decomposition; so is a block whose orthonormalisation fails (rank below k).
 
-Work is grouped by block size: one batched call per distinct k, never a loop over matrices.
+Work is grouped by block size: one batched call per distinct k (or one call in all), never a
+Python loop over matrices.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ import torch
 from torch import Tensor
 
 from menet.estimation import small_eigh
-from menet.estimation.spectral import soft_threshold_weights
 
 MARGIN = 2  # Ritz vectors kept beyond those above the threshold
 SIZE_STEP = 4  # block sizes are multiples of this
@@ -63,9 +64,8 @@ def threshold_full(v: Tensor, threshold: Tensor | float) -> tuple[Tensor, Tensor
     number) exactly (eigh of the full Gram matrix, by ``small_eigh``): (thresholded matrices
     (B, m, n), singular values of v (B, m) ascending). Not for autograd (``spectral_filter`` is)."""
     values, vecs = small_eigh.eigh(v @ v.mT, near_diagonal=False)
-    s = values.clamp_min(0).sqrt()
-    w = soft_threshold_weights(s, threshold)
-    return ((vecs * w.unsqueeze(-2)) @ vecs.mT) @ v, s
+    filter_matrix, _ = small_eigh.soft_threshold_filter(values, vecs, threshold)
+    return filter_matrix @ v, values.clamp_min(0).sqrt()
 
 
 def threshold_tracked(v: Tensor, threshold: Tensor, basis: Tensor | None, size: Tensor) -> Thresholded:
@@ -75,25 +75,41 @@ def threshold_tracked(v: Tensor, threshold: Tensor, basis: Tensor | None, size: 
     and ``size`` = m for full decompositions); ``basis`` is updated in place. Returns the
     thresholded matrices, the new Ritz vectors and the block size for the next step.
     """
-    batch, m, _ = v.shape
+    batch, m, n = v.shape
     if basis is None:
         basis = torch.zeros(batch, m, m, dtype=v.dtype, device=v.device)
     # Sizes rounded up to a multiple of SIZE_STEP: fewer, larger groups (less per-call overhead).
     sizes = ((size + SIZE_STEP - 1) // SIZE_STEP * SIZE_STEP).clamp(max=m)
     sizes = torch.where(sizes > m - MIN_SAVING, torch.full_like(sizes, m), sizes)
-    groups = torch.unique(sizes).tolist()
     gram = v @ v.mT
-    # Each group's filter matrix U diag(w) U^T (m x m); one product with v at the end, so that
-    # the m x n matrices are neither gathered nor scattered per group.
+    counts = torch.bincount(sizes, minlength=m + 1).tolist()
+    flops = sum(count * step_flops(m, n, k) for k, count in enumerate(counts) if count)
+    if small_eigh.threshold_step_runs(gram, basis):  # every block size in one compiled call
+        filters, next_size, failed = small_eigh.threshold_step(gram, basis, sizes, threshold, MARGIN)
+        if bool(failed.any()):  # nothing written for these: the groups below, with their fallbacks
+            bad = failed.nonzero().flatten()
+            basis_bad = basis[bad]
+            filters[bad], next_size[bad] = _threshold_groups(gram[bad], basis_bad, sizes[bad], threshold[bad])
+            basis[bad] = basis_bad
+    else:
+        filters, next_size = _threshold_groups(gram, basis, sizes, threshold)
+    # One product with v at the end, so that the m x n matrices are never gathered by group.
+    return Thresholded(filters @ v, basis, next_size, flops)
+
+
+def _threshold_groups(gram: Tensor, basis: Tensor, sizes: Tensor, threshold: Tensor) -> tuple[Tensor, Tensor]:
+    """``threshold_tracked``'s step by torch calls, one group per block size: (filter matrices
+    U diag(w) U^T (B, m, m), next block sizes (B,)); ``basis`` is updated in place. A block that
+    breaks down (``_rayleigh_ritz`` failed) is replaced by the full decomposition."""
+    batch, m, _ = gram.shape
+    groups = torch.unique(sizes).tolist()
     filters = torch.empty_like(gram) if len(groups) > 1 else None
-    next_size = torch.empty(batch, dtype=torch.long, device=v.device)
-    flops = 0.0
+    next_size = torch.empty(batch, dtype=torch.long, device=gram.device)
     for k in groups:
         # Each matrix's arithmetic depends on its own block size only, never on its group's
         # company: results do not change with the batch they are computed in.
         rows = (sizes == k).nonzero().flatten() if len(groups) > 1 else slice(None)
         gram_k = gram[rows]
-        flops += gram_k.shape[0] * step_flops(m, v.shape[-1], k)
         failed = None
         if k < m:
             ritz, vecs, failed = _rayleigh_ritz(gram_k, basis[rows, :, m - k :])
@@ -103,19 +119,17 @@ def threshold_tracked(v: Tensor, threshold: Tensor, basis: Tensor | None, size: 
                 ritz[bad], vecs[bad] = values_bad[:, m - k :], vectors_bad[:, :, m - k :]
         else:
             ritz, vecs = small_eigh.eigh(gram_k, near_diagonal=False)
-        w = soft_threshold_weights(ritz.clamp_min(0).sqrt(), threshold[rows])
+        filter_k, passed = small_eigh.soft_threshold_filter(ritz, vecs, threshold[rows])
         basis[rows, :, m - k :] = vecs
-        passed = (w > 0).sum(-1)
         if k < m:
             # Every Ritz value passed, or the block broke down: next time, the full decomposition.
             passed = torch.where((passed >= k) | failed, torch.full_like(passed, m), passed)
         next_size[rows] = (passed + MARGIN).clamp(max=m)
-        filter_k = (vecs * w.unsqueeze(-2)) @ vecs.mT
         if filters is None:
             filters = filter_k
         else:
             filters[rows] = filter_k
-    return Thresholded(filters @ v, basis, next_size, flops)
+    return filters, next_size
 
 
 def _rayleigh_ritz(gram: Tensor, block: Tensor) -> tuple[Tensor, Tensor, Tensor]:
