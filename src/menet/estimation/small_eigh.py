@@ -16,7 +16,7 @@ Jacobi eigh (m = 28 and 32, k = 8 to 24; 1.0-1.3x at m = 40 and 48, so up to
 ``threshold_step`` goes one level up: the solver's whole threshold step for a batch of mixed
 block sizes (up to m = 40, where both decompositions are compiled), the grouping by block size,
 the decompositions and the soft-threshold filters, in one call instead of about 15 torch calls
-per block size (1.15-1.2x the nuclear norm's speed at 32 x 96, benchmarks/RESULTS.md);
+per block size (the solve at 32 x 96 1.15-1.4x per chunk, benchmarks/RESULTS.md);
 ``soft_threshold_filter`` is its filter on its own.
 
 Accuracy: a matrix stops when its off-diagonal norm is at most ``4 eps ||A||_F`` (each
