@@ -126,6 +126,8 @@ def test_chunk_sizes_respect_the_cap_and_balance_the_workers(batch, cap, workers
     # finer (no pointless per-chunk overhead)...
     fewest = -(-batch // min(cap, max(batching.MIN_CHUNK_MATRICES, -(-batch // workers))))
     assert len(sizes) <= max(1, -(-fewest // workers) * workers)
+    if fewest <= workers:  # one round: never more chunks (smaller than MIN_CHUNK_MATRICES) than needed
+        assert len(sizes) == fewest
     # ...and, by equal sizes, no worker's last round much shorter than the others': with as
     # many matrices as the cap allows per chunk, the rounds of the workers differ by at most
     # one matrix per chunk (a tail of 4 matrices after 6 chunks of 170 was the failure).
@@ -140,6 +142,9 @@ def test_chunk_sizes_of_the_benchmark_batches():
     assert batching.chunk_size(1024, 668, 2) == 512
     assert batching.chunk_size(1024, 170, 1) == 147
     assert batching.chunk_size(100, 170, 2) == 50
+    # Fewer chunks than workers stay as few: 100 on 16 workers as 2 of 50, not 15 of 7.
+    assert batching.chunk_size(100, 10_000, 16) == 50
+    assert batching.chunk_size(200, 170, 16) == 50  # 4 chunks
 
 
 def test_map_matrices_takes_an_explicit_chunk_and_rejects_a_bad_one():

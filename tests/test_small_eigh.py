@@ -452,3 +452,44 @@ def test_threshold_step_dispatch():
     assert not small_eigh.threshold_step_runs(gram, torch.zeros(2, 40, 40, dtype=torch.float64))
     assert not small_eigh.threshold_step_runs(gram, torch.zeros(2, 40, 40).mT)  # written in place: contiguous
     assert not small_eigh.threshold_step_runs(gram.clone().requires_grad_(True), torch.zeros(2, 40, 40))
+
+
+@needs_kernel
+def test_threshold_step_unconverged_lanes_write_nothing(monkeypatch):
+    # Finite but unconverged (one Jacobi sweep on blocks far from the eigenvectors): flagged,
+    # their basis untouched and their filters NaN, not a stale or uninitialised stand-in
+    # (review helper-18: a NaN block could not tell whether failed lanes were written).
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(20, 12, 30, generator=g, dtype=torch.float64)
+    gram = x @ x.mT
+    basis = torch.linalg.qr(torch.randn(20, 12, 12, generator=g, dtype=torch.float64)).Q.contiguous()
+    before = basis.clone()
+    monkeypatch.setattr(small_eigh, "MAX_SWEEPS", 1)
+    sizes = torch.tensor([8, 12] * 10)
+    filters, _, failed = small_eigh.threshold_step(gram, basis, sizes, torch.ones(20, 1, dtype=torch.float64), 2)
+    assert failed.any()
+    assert torch.equal(basis[failed], before[failed])
+    assert torch.isnan(filters[failed]).all() and torch.isfinite(filters[~failed]).all()
+
+
+@needs_kernel
+def test_threshold_step_rejects_what_it_cannot_take():
+    gram = torch.zeros(2, 8, 8)
+    for basis in (torch.zeros(2, 8, 7), torch.zeros(2, 8, 8).mT, torch.zeros(2, 8, 8, dtype=torch.float64)):
+        with pytest.raises(ValueError, match="threshold_step needs"):
+            small_eigh.threshold_step(gram, basis, torch.full((2,), 4), torch.ones(2, 1), 2)
+
+
+@needs_kernel
+def test_soft_threshold_filter_zero_values_at_a_zero_threshold():
+    # s > t, not s >= t: a zero singular value at threshold 0 gets weight 0, not 0 / 0; negative
+    # eigenvalues (rounding below zero) count as zero in both paths.
+    values = torch.tensor([[-1e-7, 0.0, 4.0]])
+    vectors = torch.linalg.qr(torch.randn(1, 3, 3, generator=torch.Generator().manual_seed(1))).Q
+    want = torch.outer(vectors[0, :, 2], vectors[0, :, 2])
+    for v in (values, values.clone().requires_grad_(True)):  # the kernel, then torch
+        filt, passed = small_eigh.soft_threshold_filter(v, vectors, 0.0)
+        assert passed.tolist() == [1]
+        torch.testing.assert_close(filt[0].detach(), want)
+    filt, passed = small_eigh.soft_threshold_filter(values.clone().requires_grad_(True), vectors, 1e-4)
+    assert passed.tolist() == [1]  # sqrt(max(-1e-7, 0)) = 0, not sqrt(1e-7) > 1e-4

@@ -106,15 +106,18 @@ def _chunk_cap(a: Tensor) -> int:
 
 def chunk_size(batch: int, cap: int, workers: int) -> int:
     """Matrices per chunk for ``batch`` matrices, at most ``cap`` per chunk, on ``workers``
-    threads: as few chunks as the cap and MIN_CHUNK_MATRICES allow, their number rounded up to
-    a multiple of ``workers``, of equal sizes (up to rounding: the last may be smaller), so that
-    no worker waits on another's extra chunk. (1024 CIFAR-shaped matrices at a cap of 170 on 2 workers: 8 chunks
-    of 128, not 6 of 170 and one of 4, whose steps cost nearly a full chunk's per-operation
-    overhead: 5-8% of the nuclear norm's time, benchmarks/RESULTS.md.)"""
+    threads: as few chunks as the cap and MIN_CHUNK_MATRICES allow; where that is more chunks
+    than workers, their number rounded up to a multiple of ``workers``, so that no worker waits
+    on another's extra chunk (fewer chunks than workers are left as they are: one round each,
+    no chunk cut below MIN_CHUNK_MATRICES for it). Sizes are equal up to rounding (the last may
+    be smaller), so the count is a multiple of ``workers`` only up to that rounding. Example:
+    1024 CIFAR-shaped matrices at a cap of 170 on 2 workers: 8 chunks of 128, not 6 of 170 and
+    one of 4, which costs nearly a full chunk's per-operation overhead (nuclear norm, one
+    thread: 11.5 ms for 4 matrices, 89 ms for 170; benchmarks/RESULTS.md)."""
     workers = max(workers, 1)
     chunk = min(cap, max(MIN_CHUNK_MATRICES, math.ceil(batch / workers)))
     count = math.ceil(batch / chunk)
-    if count > 1:
+    if count > workers:
         count = math.ceil(count / workers) * workers
     return math.ceil(batch / count)
 

@@ -37,7 +37,10 @@
  *   with the soft-threshold weights w of sqrt(max(values, 0)) at t; passed (batch,) int64.
  *   threshold_step(gram, basis, sizes, t, f, next, ok, batch, m, is_double, tol, max_sweeps,
  *   margin) -> number flagged: the nuclear-norm solver's threshold step for every block size at
- *   once (rayleigh_ritz or eigh per matrix, then the filter; see DEFINE_STEP).
+ *   once (see DEFINE_STEP). gram (batch, m, m) read only (both triangles where k < m, the lower
+ *   one where k = m); basis (batch, m, m) read and written; sizes (batch,) int64 in [1, m] and
+ *   t (batch,) read only; f (batch, m, m) filters, next (batch,) int64, ok (batch,) uint8 as for
+ *   eigh. Where ok = 0 nothing is written to basis, f or next.
  * The GIL is released.
  */
 #define PY_SSIZE_T_CLEAN
@@ -447,6 +450,7 @@ DEFINE_RAYLEIGH_RITZ(double, f64, sqrt, fabs, vec_f64)
             /* Four rows at a time: four independent sums hide the multiply-add latency. */         \
             for (int i0 = 0; i0 < m; i0 += 4)                                                       \
                 for (int c0 = 0; c0 < m; c0 += LANES) {                                             \
+                    /* Past the last row (rows < 4), w1..w3 repeat row i0: sums computed, not stored. */ \
                     int rows = m - i0 < 4 ? m - i0 : 4;                                             \
                     const T *w0 = &wu[i0 * k], *w1 = &wu[(i0 + (rows > 1)) * k];                    \
                     const T *w2 = &wu[(i0 + (rows > 2) * 2) * k], *w3 = &wu[(i0 + (rows > 3) * 3) * k]; \
@@ -476,7 +480,7 @@ DEFINE_FILTER(float, f32, sqrtf, vec_f32)
 DEFINE_FILTER(double, f64, sqrt, vec_f64)
 
 /* One singular value threshold step of the nuclear-norm solver (subspace_svt.threshold_tracked)
-   for a whole batch, in one call instead of a dozen torch calls per block size. Matrix b has
+   for a whole batch, in one call instead of 25-30 torch calls per block size. Matrix b has
    block size k = sizes[b] (k = m: the full decomposition): its Gram matrix (gram, m x m) is
    decomposed by rr (on span(G B), B the last k columns of basis_b, m x m row-major) or, for
    k = m, by eigh; the k vectors replace those columns of basis_b (all of it for k = m);

@@ -15,8 +15,9 @@ Jacobi eigh (m = 28 and 32, k = 8 to 24; 1.0-1.3x at m = 40 and 48, so up to
 ``RAYLEIGH_RITZ_MAX_M``), by saving LAPACK's per-matrix QR and a dozen calls.
 ``threshold_step`` goes one level up: the solver's whole threshold step for a batch of mixed
 block sizes (up to m = 40, where both decompositions are compiled), the grouping by block size,
-the decompositions and the soft-threshold filters, in one call instead of about 15 torch calls
-per block size (the solve at 32 x 96 1.15-1.4x per chunk, benchmarks/RESULTS.md);
+the decompositions and the soft-threshold filters, in one call instead of 25-30 torch calls
+per block size (in a line profile at 32 x 96, p = 0.91, ``threshold_tracked`` fell from 636 to
+502 ms, benchmarks/RESULTS.md);
 ``soft_threshold_filter`` is its filter on its own.
 
 Accuracy: a matrix stops when its off-diagonal norm is at most ``4 eps ||A||_F`` (each
@@ -161,7 +162,14 @@ def threshold_step(
     columns (basis is updated in place). Returns (filters (B, m, m): U diag(w) U^T as in
     ``soft_threshold_filter``; next (B,) int64: min(passed + margin, m), or m where k < m and
     every value passed; failed (B,) bool: not finite or not converged, and for those matrices
-    nothing was written: the caller recomputes them)."""
+    nothing was written to their basis; their filters are NaN: the caller recomputes them)."""
+    if not threshold_step_runs(gram, basis):
+        raise ValueError(
+            "threshold_step needs the compiled kernel and CPU float32/float64 gram and basis of one "
+            f"dtype and shape (B, m, m), m <= {min(COLD_MAX_N, RAYLEIGH_RITZ_MAX_M)}, basis contiguous "
+            f"(written in place), no autograd; got {tuple(gram.shape)} {gram.dtype} and "
+            f"{tuple(basis.shape)} {basis.dtype}"
+        )
     gram = gram.detach().contiguous()
     batch, m, _ = gram.shape
     sizes = sizes.to(torch.long).contiguous()
@@ -177,7 +185,10 @@ def threshold_step(
             next_size.data_ptr(), ok.data_ptr(), batch, m, int(gram.dtype == torch.float64),
             4.0 * torch.finfo(gram.dtype).eps, MAX_SWEEPS, margin,
         )
-    return filters, next_size, ok == 0
+    failed = ok == 0
+    if bool(failed.any()):
+        filters[failed] = float("nan")  # never an uninitialised stand-in
+    return filters, next_size, failed
 
 
 def soft_threshold_filter(values: Tensor, vectors: Tensor, threshold: Tensor | float) -> tuple[Tensor, Tensor]:
